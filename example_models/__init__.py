@@ -1,0 +1,1 @@
+"""Small, real PyTorch models used as checkpoint-compatibility fixtures."""

@@ -1,0 +1,19 @@
+"""A LLaMA-shaped decoder: tied embeddings round-trip; the 7B key set is checked on meta."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from example_models.llama import Llama, LlamaConfig
+
+
+@pytest.mark.ckpt_roundtrip(inputs=lambda: torch.randint(0, 64, (1, 8)))
+def test_tied_llama_roundtrips_with_shared_embeddings():
+    return Llama(LlamaConfig.tiny(tie_embeddings=True))
+
+
+def test_llama_7b_key_set_matches_snapshot_on_meta(ckpt):
+    with torch.device("meta"):
+        model = Llama(LlamaConfig.llama_7b())
+    ckpt.assert_manifest(model)

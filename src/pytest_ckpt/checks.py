@@ -1,0 +1,205 @@
+"""The ``ckpt`` fixture object: checks a test calls, each failing with a rendered message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
+
+import pytest
+
+from pytest_ckpt.diagnose import diff_manifests
+from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
+from pytest_ckpt.findings import Finding, render_failure
+from pytest_ckpt.formats import read_checkpoint_manifest
+from pytest_ckpt.manifest import Manifest, ManifestParseError
+from pytest_ckpt.roundtrip import FormatOutcome, RoundtripSpec, formats_option, run_roundtrip
+from pytest_ckpt.snapshots import compare_with_snapshot, manifest_assertion
+
+if TYPE_CHECKING:
+    import torch
+    from syrupy.assertion import SnapshotAssertion
+
+UPDATE_FLAG = "--ckpt-snapshot-update"
+TARGET_SEED = 0x5EED  # the second call of a marked test builds its target under this seed
+
+_FIXES = {
+    "missing": "fix: restore the old attribute names, or remap old keys in your load path "
+               "(load=...); if the new layout is intended, run: {update}",
+    "unexpected": "fix: restore the old attribute names, or remap old keys in your load path "
+                  "(load=...); if the new layout is intended, run: {update}",
+    "tied_weights": "fix: re-tie shared tensors after loading (or load with "
+                    "safetensors.torch.load_model), or save every key",
+    "not_loaded": "fix: make the load path write every tensor (check key remapping and "
+                  "strict=False calls)",
+    "value": "fix: the load path must copy values unchanged (no casts, no in-place edits)",
+    "output": "fix: the loaded model must compute the same function: check buffers that are "
+              "not saved (persistent=False) and code that depends on load order",
+    "unsafe_pickle": "fix: save plain tensors and containers only, so weights_only=True loads it",
+}
+
+
+@dataclass
+class CkptSessionState:
+    """Per-process run state kept in ``config.stash``."""
+
+    update: bool
+    collisions: dict[str, list[str]] = field(default_factory=dict)  # nodeid -> colliding ids
+    claimed: dict[Path, str] = field(default_factory=dict)  # snapshot path -> nodeid
+
+
+@final
+class CheckpointChecks:
+    """The ``ckpt`` fixture: ``roundtrip``, ``assert_manifest``."""
+
+    def __init__(self, *, nodeid: str, snapshot: SnapshotAssertion, tmp_path: Path,
+                 state: CkptSessionState, color: bool = False) -> None:
+        self._nodeid = nodeid
+        self._assertion = manifest_assertion(snapshot, update=state.update or bool(
+            getattr(snapshot.session.pytest_session.config.option, "update_snapshots", False)))
+        self._tmp_path = tmp_path
+        self._state = state
+        self._color = color
+        self._roundtrips = 0
+
+    @property
+    def update_command(self) -> str:
+        return f"pytest {UPDATE_FLAG} '{self._nodeid}'"
+
+    def assert_manifest(self, obj: torch.nn.Module | Mapping[str, Any] | str | Path, *,
+                        name: str | None = None) -> Manifest:
+        """Compare the manifest of a module, state_dict or file with its stored snapshot."""
+        __tracebackhide__ = True
+        manifest = self._manifest_of(obj)
+        location = self._claim(name)
+        result = compare_with_snapshot(self._assertion, manifest.render(), name)
+        if result.matched:
+            return manifest
+        if result.stored is None:
+            self._fail(render_failure(
+                f"no manifest snapshot for this test yet ({_relative(location)})",
+                [], f"create it with: {self.update_command}", color=self._color))
+        self._fail(self._snapshot_message(result.stored, manifest, location))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def roundtrip(self, model: torch.nn.Module, *,
+                  factory: Callable[[], torch.nn.Module] | None = None,
+                  formats: Any = ("torch",), inputs: Callable[[], Any] | None = None,
+                  load: Callable[..., Any] | None = None, snapshot: bool = True,
+                  name: str | None = None) -> list[FormatOutcome]:
+        """Run the round-trip contract; fail with the findings of every failing format."""
+        __tracebackhide__ = True
+        spec = RoundtripSpec(formats=self._usage(formats_option, formats), inputs=inputs,
+                             load=load)
+        self._roundtrips += 1
+        directory = self._tmp_path / f"ckpt-roundtrip-{self._roundtrips}"
+        directory.mkdir()
+        try:
+            outcomes = run_roundtrip(model, factory, spec, directory)
+        except CkptUsageError as error:
+            self._fail(f"ckpt_roundtrip used wrongly in {self._nodeid}: {error}")
+        failed = [outcome for outcome in outcomes if not outcome.ok]
+        if failed:
+            self._fail("\n\n".join(self._roundtrip_message(model, outcome) for outcome in failed))
+        if snapshot:
+            self.assert_manifest(model, name=name)
+        return outcomes
+
+    def run_marked_test(self, function: Callable[..., Any], arguments: dict[str, Any],
+                        options: dict[str, Any]) -> None:
+        """Call a ``ckpt_roundtrip`` test for its model; call it again (other seed) as target."""
+        __tracebackhide__ = True
+        import torch
+
+        model = function(**arguments)
+        if not isinstance(model, torch.nn.Module):
+            self._fail(f"{self._nodeid} is marked ckpt_roundtrip but returned "
+                       f"{type(model).__name__}, not a torch.nn.Module\n"
+                       "fix: end the test with `return model`")
+
+        def fresh_instance() -> torch.nn.Module:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(TARGET_SEED)
+                target: torch.nn.Module = function(**arguments)
+                return target
+
+        self.roundtrip(model, factory=fresh_instance, **options)
+
+    def _roundtrip_message(self, model: torch.nn.Module, outcome: FormatOutcome) -> str:
+        kinds = ", ".join(dict.fromkeys(finding.kind for finding in outcome.findings))
+        headline = (f"checkpoint round-trip of {type(model).__name__} through "
+                    f"'{outcome.format}' failed: {outcome.error or kinds}")
+        fix = _fix_for(list(outcome.findings), self.update_command)
+        return render_failure(headline, outcome.findings, fix, color=self._color)
+
+    def _snapshot_message(self, stored: str, manifest: Manifest, location: Path) -> str:
+        try:
+            reference = Manifest.parse(stored)
+        except ManifestParseError as error:
+            return (f"manifest snapshot {_relative(location)} is corrupt: {error}\n"
+                    f"rewrite it with: {self.update_command}")
+        findings = diff_manifests(reference, manifest, reference_name="snapshot")
+        counts = f"{len(reference)} entries in the snapshot, {len(manifest)} in the model"
+        headline = f"manifest differs from snapshot {_relative(location)} ({counts})"
+        fix = _fix_for(findings, self.update_command)
+        if not findings:
+            findings = [Finding("value", (), "snapshot text differs (formatting only)")]
+        return render_failure(headline, findings, fix, color=self._color)
+
+    def _manifest_of(self, obj: Any) -> Manifest:
+        __tracebackhide__ = True
+        import torch
+
+        if isinstance(obj, torch.nn.Module):
+            return Manifest.from_module(obj)
+        if isinstance(obj, (str, Path)):
+            try:
+                return read_checkpoint_manifest(Path(obj))
+            except CheckpointReadError as error:
+                self._fail(str(error))
+        if isinstance(obj, Mapping):
+            return Manifest.from_state_dict(obj)
+        self._fail(f"assert_manifest in {self._nodeid} needs an nn.Module, a state_dict or a "
+                   f"checkpoint path, got {type(obj).__name__}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _claim(self, name: str | None) -> Path:
+        __tracebackhide__ = True
+        from pytest_ckpt.snapshots import snapshot_location
+
+        location = snapshot_location(self._assertion, name)
+        others = self._state.collisions.get(self._nodeid, []) if name is None else []
+        owner = self._state.claimed.setdefault(location, self._nodeid)
+        if owner != self._nodeid:
+            others = [owner]
+        if others:
+            self._fail(f"snapshot name collision: {self._nodeid} and {', '.join(others)} "
+                       f"would share {_relative(location)}\n"
+                       "fix: give the tests distinct names or pass name=... to assert_manifest")
+        return location
+
+    def _usage(self, check: Callable[[Any], Any], value: Any) -> Any:
+        __tracebackhide__ = True
+        try:
+            return check(value)
+        except CkptUsageError as error:
+            self._fail(f"ckpt used wrongly in {self._nodeid}: {error}")
+
+    def _fail(self, message: str) -> None:
+        __tracebackhide__ = True
+        pytest.fail(message, pytrace=False)
+
+
+def _fix_for(findings: list[Finding], update_command: str) -> str:
+    for finding in findings:
+        if finding.kind in _FIXES:
+            return _FIXES[finding.kind].format(update=update_command)
+    return f"if this change is intended, run: {update_command}"
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

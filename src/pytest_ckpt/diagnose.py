@@ -1,0 +1,83 @@
+"""Turn two manifests (a reference such as a checkpoint or snapshot, and the current model)
+into findings. Pure: plain values in, :class:`Finding` out.
+
+Orientation follows ``torch.nn.Module.load_state_dict``: ``missing`` keys are in the model but
+not in the reference, ``unexpected`` keys are in the reference but not in the model.
+"""
+
+from __future__ import annotations
+
+from pytest_ckpt.findings import Finding, sort_findings
+from pytest_ckpt.manifest import Manifest, ManifestRow
+
+
+def diff_manifests(reference: Manifest, current: Manifest, *,
+                   reference_name: str = "checkpoint") -> list[Finding]:
+    """Findings that explain why ``reference`` does not match ``current``; empty when equal."""
+    findings: list[Finding] = []
+    missing = tuple(key for key in current.keys() if key not in reference)
+    unexpected = tuple(key for key in reference.keys() if key not in current)
+    if missing:
+        findings.append(Finding(
+            "missing", missing,
+            f"in the model but not in the {reference_name}: a strict load_state_dict "
+            f"raises 'Missing key(s) in state_dict'"))
+    if unexpected:
+        findings.append(Finding(
+            "unexpected", unexpected,
+            f"in the {reference_name} but not in the model: a strict load_state_dict "
+            f"raises 'Unexpected key(s) in state_dict'"))
+    common = [(reference[key], current[key]) for key in current.keys() if key in reference]
+    findings += _shape_findings(common, reference_name)
+    findings += _dtype_findings(common, reference_name)
+    findings += _tie_findings(common, reference_name)
+    return sort_findings(findings)
+
+
+def _shape_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
+                    reference_name: str) -> list[Finding]:
+    changed = [(old, new) for old, new in pairs if old.shape != new.shape]
+    if not changed:
+        return []
+    details = tuple(f"{old.key}: {list(old.shape)} in the {reference_name}, "
+                    f"{list(new.shape)} in the model{_changed_dims(old.shape, new.shape)}"
+                    for old, new in changed)
+    return [Finding("shape", tuple(old.key for old, _ in changed),
+                    "shape differs: load_state_dict raises 'size mismatch'", details)]
+
+
+def _changed_dims(old: tuple[int, ...], new: tuple[int, ...]) -> str:
+    if len(old) != len(new):
+        return f" (rank {len(old)} -> {len(new)})"
+    dims = [f"dim {i}: {a} -> {b}" for i, (a, b) in enumerate(zip(old, new)) if a != b]
+    return f" ({', '.join(dims)})"
+
+
+_LOSSY = {("float32", "bfloat16"), ("float32", "float16"), ("float64", "float32"),
+          ("float64", "float16"), ("float64", "bfloat16"), ("float16", "bfloat16"),
+          ("bfloat16", "float16"), ("int64", "int32")}
+
+
+def _dtype_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
+                    reference_name: str) -> list[Finding]:
+    changed = [(old, new) for old, new in pairs if old.dtype != new.dtype]
+    if not changed:
+        return []
+    details = tuple(f"{old.key}: {old.dtype} in the {reference_name}, {new.dtype} in the model"
+                    + (" (lossy cast)" if (old.dtype, new.dtype) in _LOSSY else "")
+                    for old, new in changed)
+    return [Finding("dtype", tuple(old.key for old, _ in changed),
+                    "dtype differs: load_state_dict silently casts to the model's dtype",
+                    details)]
+
+
+def _tie_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
+                  reference_name: str) -> list[Finding]:
+    changed = [(old, new) for old, new in pairs if (old.tie is None) != (new.tie is None)]
+    if not changed:
+        return []
+    details = tuple(f"{old.key}: {'tied to ' + old.tie if old.tie else 'not tied'} in the "
+                    f"{reference_name}, {'tied to ' + new.tie if new.tie else 'not tied'} "
+                    f"in the model" for old, new in changed)
+    return [Finding("tied_weights", tuple(old.key for old, _ in changed),
+                    "storage sharing (tied weights) differs", details)]

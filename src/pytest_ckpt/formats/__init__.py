@@ -1,0 +1,68 @@
+"""One adapter per checkpoint format, behind the small :class:`CheckpointFormat` protocol.
+
+Every load uses ``weights_only=True``: nothing from a pickle is ever executed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pytest_ckpt.errors import CheckpointReadError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_ckpt.manifest import Manifest
+
+
+class CheckpointFormat(Protocol):
+    """Save a model's state and read it back, weights only."""
+
+    name: str
+    suffix: str
+
+    def save(self, module: torch.nn.Module, path: Path) -> None: ...
+
+    def load(self, path: Path) -> dict[str, Any]: ...
+
+    def read_manifest(self, path: Path) -> Manifest: ...
+
+
+FORMAT_NAMES = ("torch", "safetensors")
+
+
+def get_format(name: str) -> CheckpointFormat:
+    """The adapter for ``name``; ``ValueError`` naming the known formats otherwise."""
+    if name == "torch":
+        from pytest_ckpt.formats.torch_zip import TorchZipFormat
+
+        return TorchZipFormat()
+    if name == "safetensors":
+        from pytest_ckpt.formats.safetensors_file import SafetensorsFormat
+
+        return SafetensorsFormat()
+    raise ValueError(f"unknown checkpoint format {name!r}; known formats: {', '.join(FORMAT_NAMES)}")
+
+
+def detect_format(path: Path) -> CheckpointFormat:
+    """Pick the adapter from the file's first bytes, not its name."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as error:
+        raise CheckpointReadError(path, f"cannot be opened: {error.strerror}") from None
+    if head.startswith(b"PK\x03\x04"):
+        return get_format("torch")
+    if len(head) >= 9 and head[8:9] == b"{":
+        return get_format("safetensors")
+    if head.startswith(b"\x80"):
+        return get_format("torch")  # legacy (non-zip) torch.save; torch.load reads it
+    raise CheckpointReadError(
+        path, "is not a checkpoint: it is neither a torch zip file, a legacy torch file "
+              "nor a safetensors file")
+
+
+def read_checkpoint_manifest(path: Path) -> Manifest:
+    """The manifest of a checkpoint file, read without materialising tensor data."""
+    return detect_format(path).read_manifest(path)

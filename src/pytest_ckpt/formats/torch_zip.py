@@ -1,0 +1,69 @@
+"""``torch.save`` zip files: saved with ``torch.save``, read with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
+
+from pytest_ckpt.errors import CheckpointReadError
+from pytest_ckpt.manifest import Manifest
+
+if TYPE_CHECKING:
+    import torch
+
+
+@final
+class TorchZipFormat:
+    name = "torch"
+    suffix = ".pt"
+
+    def save(self, module: torch.nn.Module, path: Path) -> None:
+        import torch
+
+        torch.save(module.state_dict(), path)
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Load with ``weights_only=True``, memory-mapped when the file is a zip."""
+        loaded = load_weights_only(path)
+        return state_dict_of(loaded, path)
+
+    def read_manifest(self, path: Path) -> Manifest:
+        return Manifest.from_state_dict(self.load(path))
+
+
+def load_weights_only(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)``; a refusal or a corrupt file names the file."""
+    import torch
+
+    mmap = zipfile.is_zipfile(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointReadError(
+            path, f"was refused by torch.load(weights_only=True): {first}. It needs globals "
+                  "that are not plain tensors or containers; nothing from it was executed") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointReadError(path, f"is corrupt or truncated ({reason})") from None
+
+
+def state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
+    """The state_dict inside a loaded checkpoint: bare, or under a well-known key."""
+    import torch
+
+    if isinstance(loaded, dict) and loaded and all(
+            isinstance(value, torch.Tensor) for value in loaded.values()):
+        return dict(loaded)
+    if isinstance(loaded, dict):
+        for key in ("state_dict", "model", "model_state_dict", "module", "weights"):
+            inner = loaded.get(key)
+            if isinstance(inner, dict) and inner and all(
+                    isinstance(value, torch.Tensor) for value in inner.values()):
+                return dict(inner)
+    raise CheckpointReadError(
+        path, f"holds no state_dict (a {type(loaded).__name__} that is neither a mapping of "
+              "tensors nor a dict with one under 'state_dict', 'model', 'model_state_dict', "
+              "'module' or 'weights')")

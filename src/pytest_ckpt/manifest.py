@@ -1,0 +1,215 @@
+"""The manifest: one row per tensor of a checkpoint (key, dtype, shape, kind, tie group).
+
+Rendering and parsing are pure. Building a manifest from a module or a state_dict reads
+only tensor metadata (shape, dtype, storage identity), so it works on ``meta`` tensors.
+torch is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, final
+
+if TYPE_CHECKING:
+    import torch
+
+HEADER = "# pytest-ckpt manifest v1"
+
+PARAM = "param"
+BUFFER = "buffer"
+TENSOR = "tensor"  # a tensor whose role is unknown (read from a file)
+EXTRA = "extra"  # a non-tensor state_dict entry (``get_extra_state``)
+KINDS = (PARAM, BUFFER, TENSOR, EXTRA)
+
+
+class ManifestParseError(ValueError):
+    """A manifest text could not be parsed; the message names the line."""
+
+
+@dataclass(frozen=True, order=True)
+class ManifestRow:
+    """One tensor: its key, dtype name (``float32``), shape, kind and tie group.
+
+    ``tie`` is the smallest key of the group of keys sharing this tensor's storage,
+    or ``None`` when the storage is not shared.
+    """
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    kind: str = TENSOR
+    tie: str | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@final
+@dataclass(frozen=True)
+class Manifest:
+    """A sorted table of :class:`ManifestRow`, keyed by state_dict key."""
+
+    rows: tuple[ManifestRow, ...]
+    _by_key: dict[str, ManifestRow] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rows = tuple(sorted(self.rows))
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "_by_key", {row.key: row for row in rows})
+        if len(self._by_key) != len(rows):
+            raise ValueError("a manifest cannot hold the same key twice")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[ManifestRow]:
+        return iter(self.rows)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_key
+
+    def __getitem__(self, key: str) -> ManifestRow:
+        return self._by_key[key]
+
+    def keys(self) -> list[str]:
+        return [row.key for row in self.rows]
+
+    @property
+    def numel(self) -> int:
+        return sum(row.numel for row in self.rows if row.kind != EXTRA)
+
+    def tie_groups(self) -> dict[str, tuple[str, ...]]:
+        """Map each tie group's name to the keys sharing its storage."""
+        groups: dict[str, list[str]] = {}
+        for row in self.rows:
+            if row.tie is not None:
+                groups.setdefault(row.tie, []).append(row.key)
+        return {name: tuple(keys) for name, keys in groups.items()}
+
+    def render(self) -> str:
+        """A stable, sorted text with one row per line; :func:`parse` reads it back."""
+        summary = f"{HEADER}: {len(self.rows)} entries, {self.numel:,} elements"
+        return "\n".join([summary, *(_render_row(row) for row in self.rows)]) + "\n"
+
+    @classmethod
+    def parse(cls, text: str) -> Manifest:
+        lines = text.splitlines()
+        if not lines or not lines[0].startswith(HEADER):
+            raise ManifestParseError(f"not a pytest-ckpt manifest (expected {HEADER!r})")
+        rows = [
+            _parse_row(line, number)
+            for number, line in enumerate(lines[1:], start=2)
+            if line.strip() and not line.startswith("#")
+        ]
+        return cls(tuple(rows))
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module) -> Manifest:
+        """The manifest of ``module.state_dict()``, with parameters and buffers told apart."""
+        params = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+        state = module.state_dict(keep_vars=True)
+        kinds = {key: PARAM if key in params else BUFFER for key in state}
+        return cls.from_state_dict(state, kinds=kinds)
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, Any], *, kinds: Mapping[str, str] | None = None
+    ) -> Manifest:
+        """Build from a mapping of key to tensor; non-tensors become ``extra`` rows."""
+        import torch
+
+        ties = _tie_groups((key, value) for key, value in state.items()
+                           if isinstance(value, torch.Tensor))
+        rows = []
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                kind = (kinds or {}).get(key, TENSOR)
+                rows.append(ManifestRow(key, dtype_name(value.dtype), tuple(value.shape),
+                                        kind, ties.get(key)))
+            else:
+                rows.append(ManifestRow(key, f"object:{type(value).__name__}", (), EXTRA))
+        return cls(tuple(rows))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def storage_identity(tensor: torch.Tensor) -> int:
+    """An identity shared by tensors that share storage (by object on ``meta``)."""
+    if tensor.device.type == "meta":
+        return id(tensor)
+    storage = tensor.untyped_storage()
+    return storage.data_ptr() if storage.nbytes() else id(tensor)
+
+
+def _tie_groups(items: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
+    by_storage: dict[int, list[str]] = {}
+    for key, tensor in items:
+        by_storage.setdefault(storage_identity(tensor), []).append(key)
+    ties: dict[str, str] = {}
+    for keys in by_storage.values():
+        if len(keys) > 1:
+            ties.update((key, min(keys)) for key in keys)
+    return ties
+
+
+def _render_row(row: ManifestRow) -> str:
+    shape = "[" + ",".join(str(size) for size in row.shape) + "]"
+    tie = f" tie={escape_key(row.tie)}" if row.tie is not None else ""
+    return f"{escape_key(row.key)} {row.dtype} {shape} {row.kind}{tie}"
+
+
+def _parse_row(line: str, number: int) -> ManifestRow:
+    fields = line.split(" ")
+    if len(fields) not in (4, 5):
+        raise ManifestParseError(f"line {number}: expected 'key dtype [shape] kind': {line!r}")
+    key, dtype, shape, kind = fields[:4]
+    if kind not in KINDS or not (shape.startswith("[") and shape.endswith("]")):
+        raise ManifestParseError(f"line {number}: bad kind or shape: {line!r}")
+    tie = None
+    if len(fields) == 5:
+        if not fields[4].startswith("tie="):
+            raise ManifestParseError(f"line {number}: expected 'tie=KEY': {line!r}")
+        tie = unescape_key(fields[4].removeprefix("tie="))
+    try:
+        sizes = tuple(int(size) for size in shape[1:-1].split(",") if size)
+    except ValueError:
+        raise ManifestParseError(f"line {number}: bad shape {shape!r}") from None
+    return ManifestRow(unescape_key(key), dtype, sizes, kind, tie)
+
+
+def escape_key(key: str) -> str:
+    """Escape backslashes, whitespace, unprintables and a leading ``#`` so a key is one token."""
+    out = []
+    for position, char in enumerate(key):
+        if char == "\\":
+            out.append("\\\\")
+        elif char.isspace() or not char.isprintable() or (char == "#" and position == 0):
+            out.append(f"\\u{ord(char):06x}")
+        else:
+            out.append(char)
+    return "".join(out) if key else "\\e"
+
+
+def unescape_key(text: str) -> str:
+    if text == "\\e":
+        return ""
+    out, position = [], 0
+    while position < len(text):
+        char = text[position]
+        if char != "\\":
+            out.append(char)
+            position += 1
+        elif text.startswith("\\\\", position):
+            out.append("\\")
+            position += 2
+        elif text.startswith("\\u", position):
+            out.append(chr(int(text[position + 2 : position + 8], 16)))
+            position += 8
+        else:
+            raise ManifestParseError(f"bad escape in key {text!r}")
+    return "".join(out)

@@ -1,0 +1,115 @@
+"""pytest11 entry point: options, markers, the ``ckpt`` fixture and the marker hook.
+
+Wiring only: this module imports nothing but the standard library and pytest, so
+``pytest --version`` and runs that use no ckpt feature never import torch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_ckpt.checks import CheckpointChecks, CkptSessionState
+
+_STATE = pytest.StashKey["CkptSessionState"]()
+_CHECKS = pytest.StashKey["CheckpointChecks"]()
+_COLLISIONS = pytest.StashKey["dict[str, list[str]]"]()
+
+MARKER = "ckpt_roundtrip"
+MARKER_OPTIONS = ("formats", "inputs", "load", "snapshot", "name")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ckpt", "checkpoint compatibility (pytest-ckpt)")
+    group.addoption(
+        "--ckpt-snapshot-update", action="store_true", default=False,
+        dest="ckpt_snapshot_update",
+        help="create and update pytest-ckpt manifest snapshots only (syrupy's "
+             "--snapshot-update updates every snapshot, these included)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(formats=('torch',), inputs=None, load=None, snapshot=True, name=None): "
+        "the test returns a model; pytest-ckpt saves it, loads it into a fresh instance "
+        "(the test called again) and requires identical keys, values and outputs")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Find tests whose default manifest snapshots would share one file."""
+    users = [item for item in items if _uses_ckpt(item)]
+    if not users:
+        return
+    from pytest_ckpt.snapshots import default_snapshot_location
+
+    by_location: dict[Any, list[str]] = {}
+    for item in users:
+        by_location.setdefault(default_snapshot_location(item), []).append(item.nodeid)
+    config.stash[_COLLISIONS] = {
+        nodeid: [other for other in nodeids if other != nodeid]
+        for nodeids in by_location.values() if len(nodeids) > 1 for nodeid in nodeids
+    }
+
+
+def _uses_ckpt(item: pytest.Item) -> bool:
+    return item.get_closest_marker(MARKER) is not None or "ckpt" in getattr(
+        item, "fixturenames", ())
+
+
+def _session_state(config: pytest.Config) -> CkptSessionState:
+    if _STATE not in config.stash:
+        from pytest_ckpt.checks import CkptSessionState
+
+        config.stash[_STATE] = CkptSessionState(
+            update=bool(config.option.ckpt_snapshot_update),
+            collisions=config.stash.get(_COLLISIONS, {}))
+    return config.stash[_STATE]
+
+
+@pytest.fixture
+def ckpt(request: pytest.FixtureRequest, snapshot: Any, tmp_path: Any) -> CheckpointChecks:
+    """Checkpoint checks for this test: ``roundtrip``, ``assert_manifest``."""
+    from pytest_ckpt.checks import CheckpointChecks
+
+    color = request.config.get_terminal_writer().hasmarkup
+    return CheckpointChecks(nodeid=request.node.nodeid, snapshot=snapshot, tmp_path=tmp_path,
+                            state=_session_state(request.config), color=color)
+
+
+@pytest.fixture(autouse=True)
+def _ckpt_roundtrip_marker(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Give tests marked ``ckpt_roundtrip`` a ``ckpt`` fixture without naming it."""
+    if request.node.get_closest_marker(MARKER) is not None:
+        request.node.stash[_CHECKS] = request.getfixturevalue("ckpt")
+    yield
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run a ``ckpt_roundtrip`` test: call it for the model, then round-trip the model."""
+    marker = pyfuncitem.get_closest_marker(MARKER)
+    if marker is None:
+        return None
+    __tracebackhide__ = True
+    options = _marker_options(pyfuncitem, marker)
+    function = pyfuncitem.obj
+    names = inspect.signature(function).parameters
+    arguments = {name: pyfuncitem.funcargs[name] for name in names if name in pyfuncitem.funcargs}
+    pyfuncitem.stash[_CHECKS].run_marked_test(function, arguments, options)
+    return True
+
+
+def _marker_options(item: pytest.Function, marker: pytest.Mark) -> dict[str, Any]:
+    __tracebackhide__ = True
+    unknown = sorted(set(marker.kwargs) - set(MARKER_OPTIONS))
+    if marker.args or unknown:
+        bad = ", ".join([*(repr(arg) for arg in marker.args), *unknown])
+        pytest.fail(
+            f"@pytest.mark.{MARKER} on {item.nodeid} has unknown options: {bad}\n"
+            f"known options (keywords only): {', '.join(MARKER_OPTIONS)}", pytrace=False)
+    return dict(marker.kwargs)

@@ -1,0 +1,246 @@
+"""The round-trip contract (DESIGN §2), free of pytest.
+
+For each format: save -> load with ``weights_only=True`` -> load into a fresh target through
+the user's load path -> keys, shapes, dtypes, then values (bitwise) -> tie groups -> outputs
+on ``inputs`` in eval mode. A target tensor still at its pre-load value is ``not_loaded``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_ckpt.diagnose import diff_manifests
+from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
+from pytest_ckpt.findings import Finding, sort_findings
+from pytest_ckpt.formats import get_format
+from pytest_ckpt.manifest import Manifest
+from pytest_ckpt.values import (
+    bitwise_equal,
+    fingerprint,
+    flatten_outputs,
+    mismatch_summary,
+    poison_,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+LoadFn = Callable[["torch.nn.Module", dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class FormatOutcome:
+    """What one format's round-trip found; ``ok`` when nothing."""
+
+    format: str
+    path: Path
+    findings: tuple[Finding, ...] = ()
+    error: str | None = None  # an exception raised by the save or the user's load path
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings and self.error is None
+
+
+@dataclass(frozen=True)
+class RoundtripSpec:
+    """The options of one round-trip (marker keywords or fixture arguments)."""
+
+    formats: tuple[str, ...] = ("torch",)
+    inputs: Callable[[], Any] | None = None
+    load: LoadFn | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def default_load(target: torch.nn.Module, state: dict[str, Any]) -> Any:
+    return target.load_state_dict(state, strict=True)
+
+
+def run_roundtrip(source: torch.nn.Module, make_target: Callable[[], torch.nn.Module] | None,
+                  spec: RoundtripSpec, directory: Path) -> list[FormatOutcome]:
+    """Run the contract once per format; ``make_target`` ``None`` means a poisoned copy."""
+    import torch
+
+    if not isinstance(source, torch.nn.Module):
+        raise CkptUsageError(f"expected a torch.nn.Module to round-trip, got "
+                             f"{type(source).__name__}")
+    for name in spec.formats:
+        get_format(name)  # unknown names fail before any work
+    inputs = _make_inputs(spec.inputs)
+    expected_outputs = _outputs(source, inputs, "the model returned by the test")
+    outcomes = []
+    for name in spec.formats:
+        target = make_target() if make_target is not None else copy.deepcopy(source)
+        if not isinstance(target, torch.nn.Module):
+            raise CkptUsageError(f"the target factory returned {type(target).__name__}, "
+                                 "not a torch.nn.Module")
+        path = directory / f"roundtrip{get_format(name).suffix}"
+        outcomes.append(_roundtrip_one(source, target, name, path, spec, inputs,
+                                       expected_outputs))
+        del target
+    return outcomes
+
+
+def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, path: Path,
+                   spec: RoundtripSpec, inputs: Any,
+                   expected_outputs: dict[str, torch.Tensor] | None) -> FormatOutcome:
+    fmt = get_format(name)
+    fmt.save(source, path)
+    try:
+        loaded = fmt.load(path)
+    except CheckpointReadError as error:
+        return FormatOutcome(name, path, (Finding("unsafe_pickle", (), error.reason),))
+    saved = Manifest.from_state_dict(loaded)
+    source_state = source.state_dict()
+    before = _prepare_target(target, source_state)
+    try:
+        (spec.load or default_load)(target, loaded)
+    except Exception as error:  # the user's load path failed: diagnose, then report it
+        findings = diff_manifests(saved, Manifest.from_module(target),
+                                  reference_name="saved file")
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return FormatOutcome(name, path, tuple(findings), f"{type(error).__name__}: {first}")
+    del loaded
+    findings = diff_manifests(saved, Manifest.from_module(target), reference_name="saved file")
+    findings += _value_findings(source_state, target.state_dict(), before)
+    findings += _tie_findings(source, target)
+    if expected_outputs is not None:
+        findings += _output_findings(expected_outputs, _outputs(target, inputs, "the target"))
+    return FormatOutcome(name, path, tuple(sort_findings(findings)))
+
+
+def _prepare_target(target: torch.nn.Module,
+                    source_state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Poison target tensors equal to the source, then fingerprint every target tensor."""
+    import torch
+
+    state = target.state_dict()
+    for key, tensor in state.items():
+        reference = source_state.get(key)
+        if isinstance(tensor, torch.Tensor) and isinstance(reference, torch.Tensor) \
+                and bitwise_equal(tensor, reference):
+            poison_(tensor)
+    return {key: fingerprint(tensor) for key, tensor in state.items()
+            if isinstance(tensor, torch.Tensor)}
+
+
+def _value_findings(expected: dict[str, Any], actual: dict[str, Any],
+                    before: dict[str, torch.Tensor]) -> list[Finding]:
+    import torch
+
+    not_loaded: list[str] = []
+    wrong: list[str] = []
+    details: list[str] = []
+    for key, value in expected.items():
+        got = actual.get(key)
+        if not isinstance(value, torch.Tensor) or not isinstance(got, torch.Tensor):
+            continue
+        if got.shape != value.shape or got.dtype != value.dtype or bitwise_equal(got, value):
+            continue  # shape and dtype drift are reported from the manifests
+        if key in before and bitwise_equal(fingerprint(got), before[key]):
+            not_loaded.append(key)
+        else:
+            wrong.append(key)
+            details.append(f"{key}: {mismatch_summary(value, got)}")
+    findings = []
+    if not_loaded:
+        findings.append(Finding(
+            "not_loaded", tuple(not_loaded),
+            "still at the target's initial (poisoned) value after the load: the load path "
+            "never wrote these tensors, whatever keys it reported"))
+    if wrong:
+        findings.append(Finding("value", tuple(wrong),
+                                "loaded value differs bitwise from the saved value",
+                                tuple(details)))
+    return findings
+
+
+def _tie_findings(source: torch.nn.Module, target: torch.nn.Module) -> list[Finding]:
+    before = set(Manifest.from_module(source).tie_groups().values())
+    after = set(Manifest.from_module(target).tie_groups().values())
+    lost = sorted(key for group in before - after for key in group)
+    if not lost:
+        return []
+    return [Finding("tied_weights", tuple(lost),
+                    "tensors that share storage in the saved model no longer share it after "
+                    "the load (a later update to one will not reach the other)")]
+
+
+def _make_inputs(inputs: Callable[[], Any] | None) -> Any:
+    import torch
+
+    if inputs is None:
+        return None
+    if not callable(inputs):
+        raise CkptUsageError("inputs= must be a callable returning the model's input "
+                             "(e.g. inputs=lambda: torch.randn(1, 80, 32))")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            return inputs()
+        except Exception as error:
+            raise CkptUsageError(f"inputs= raised {type(error).__name__}: {error}") from None
+
+
+def _outputs(model: torch.nn.Module, inputs: Any, what: str) -> dict[str, torch.Tensor] | None:
+    import torch
+
+    if inputs is None:
+        return None
+    with _eval_mode(model), torch.no_grad():
+        try:
+            if isinstance(inputs, dict):
+                result = model(**inputs)
+            elif isinstance(inputs, tuple):
+                result = model(*inputs)
+            else:
+                result = model(inputs)
+        except Exception as error:
+            raise CkptUsageError(f"inputs= could not run through {what}: "
+                                 f"{type(error).__name__}: {error}") from None
+    return flatten_outputs(result)
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _output_findings(expected: dict[str, torch.Tensor],
+                     actual: dict[str, torch.Tensor] | None) -> list[Finding]:
+    actual = actual or {}
+    differ = [name for name, value in expected.items()
+              if name not in actual or not bitwise_equal(value, actual[name])]
+    if not differ:
+        return []
+    details = tuple(f"{name}: {mismatch_summary(expected[name], actual[name])}"
+                    if name in actual else f"{name}: not produced by the target"
+                    for name in differ)
+    return [Finding("output", tuple(differ),
+                    "eval-mode outputs on inputs= differ between the saved and the loaded model",
+                    details)]
+
+
+def formats_option(value: Any) -> tuple[str, ...]:
+    """Normalise ``formats=`` ("torch" or a sequence of names)."""
+    names: Sequence[Any] = (value,) if isinstance(value, str) else value
+    if not isinstance(names, Sequence) or not names or not all(isinstance(n, str) for n in names):
+        raise CkptUsageError(f"formats= must be a format name or a non-empty sequence of names, "
+                             f"got {value!r}")
+    for name in names:
+        try:
+            get_format(name)
+        except ValueError as error:
+            raise CkptUsageError(str(error)) from None
+    return tuple(names)

@@ -1,0 +1,92 @@
+"""Manifest snapshots stored through syrupy: one readable text file per snapshot.
+
+The plugin builds its own :class:`~syrupy.assertion.SnapshotAssertion` with
+:class:`ManifestSnapshotExtension` so that ``--ckpt-snapshot-update`` updates only these
+snapshots while syrupy's global ``--snapshot-update`` keeps working for both. Writes are
+atomic (temporary file + ``os.replace``), so a snapshot is never half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from syrupy.assertion import SnapshotAssertion
+from syrupy.data import SnapshotCollection
+from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
+from syrupy.location import PyTestLocation
+
+
+class ManifestSnapshotExtension(SingleFileSnapshotExtension):
+    """``__snapshots__/<test file>/<test name>.manifest.txt``, written atomically."""
+
+    _write_mode = WriteMode.TEXT
+    file_extension = "manifest.txt"
+
+    @classmethod
+    def write_snapshot_collection(cls, *, snapshot_collection: SnapshotCollection,
+                                  name_order: dict[str, int] | None = None) -> None:
+        data = next(iter(snapshot_collection)).data
+        if not isinstance(data, str):
+            raise TypeError(f"manifest snapshots are text, got {type(data).__name__}")
+        atomic_write_text(Path(snapshot_collection.location), data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class SnapshotComparison:
+    """The outcome of comparing a rendered text with its stored snapshot."""
+
+    location: Path
+    stored: str | None  # the text on disk before this comparison; None when absent
+    matched: bool  # equal, or (re)written because an update was requested
+    written: bool
+
+
+def manifest_assertion(base: SnapshotAssertion, *, update: bool) -> SnapshotAssertion:
+    """A syrupy assertion for manifest snapshots sharing the test's syrupy session."""
+    return SnapshotAssertion(
+        update_snapshots=update,
+        extension_class=ManifestSnapshotExtension,
+        test_location=base.test_location,
+        session=base.session,
+    )
+
+
+def snapshot_location(assertion: SnapshotAssertion, name: str | None) -> Path:
+    index: Any = name if name else assertion.num_executions
+    return Path(assertion.extension.get_location(test_location=assertion.test_location,
+                                                 index=index))
+
+
+def default_snapshot_location(item: Any) -> Path:
+    """Where the first unnamed manifest snapshot of a collected test item is stored."""
+    return Path(ManifestSnapshotExtension.get_location(test_location=PyTestLocation(item),
+                                                       index=0))
+
+
+def compare_with_snapshot(assertion: SnapshotAssertion, text: str,
+                          name: str | None) -> SnapshotComparison:
+    """Compare through syrupy (which records and, when updating, writes the snapshot)."""
+    location = snapshot_location(assertion, name)
+    stored = location.read_text(encoding="utf-8") if location.is_file() else None
+    target = assertion(name=name) if name else assertion
+    matched = bool(target == text)
+    return SnapshotComparison(location, stored, matched, written=matched and stored != text)
