@@ -95,7 +95,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     marker = pyfuncitem.get_closest_marker(MARKER)
     if marker is None:
         return None
-    __tracebackhide__ = True
     options = _marker_options(pyfuncitem, marker)
     function = pyfuncitem.obj
     names = inspect.signature(function).parameters

@@ -1,0 +1,69 @@
+"""Shared helpers for pytester runs of real test files that use pytest-ckpt."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch  # noqa: F401  # imported once here: pytester's in-process runs cannot re-import it
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A small model project as a user has it: a module with the model, tests beside it.
+NETS = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, hidden=8, head_name="head"):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+        self.norm = nn.BatchNorm1d(hidden)
+        setattr(self, head_name, nn.Linear(hidden, 2))
+        self.head_name = head_name
+
+    def forward(self, x):
+        return getattr(self, self.head_name)(self.norm(self.encoder(x)))
+'''
+
+
+@pytest.fixture(params=["serial", "xdist"])
+def mode(request: pytest.FixtureRequest) -> list[str]:
+    """Run each pytester scenario twice: in one process and under ``-n 2``."""
+    return [] if request.param == "serial" else ["-n", "2"]
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester directory holding ``nets.py`` and a strict pytest configuration."""
+    pytester.makepyfile(nets=NETS)
+    pytester.makeini(textwrap.dedent("""
+        [pytest]
+        addopts = --strict-markers -p no:cacheprovider
+        filterwarnings = error
+    """))
+    return pytester
+
+
+@pytest.fixture
+def example_project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A copy of ``example_models/`` (models, tests and snapshots) in a pytester directory."""
+    shutil.copytree(ROOT / "example_models", pytester.path / "example_models",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    pytester.makeini("[pytest]\naddopts = --strict-markers -p no:cacheprovider\n"
+                     "filterwarnings = error\n")
+    return pytester
+
+
+def snapshot_files(root: Path) -> dict[str, str]:
+    """Every manifest snapshot under ``root``: relative path -> text."""
+    return {str(path.relative_to(root)): path.read_text()
+            for path in sorted(root.rglob("*.manifest.txt"))}
+
+
+def lines(*patterns: str) -> list[str]:
+    """fnmatch patterns in which ``[`` is literal (finding labels look like ``[missing]``)."""
+    return [pattern.replace("[", "[[]") for pattern in patterns]

@@ -1,0 +1,173 @@
+"""``@pytest.mark.ckpt_roundtrip`` as users meet it: real test files run through pytester."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import lines
+
+GOOD = '''
+import pytest, torch
+from nets import Net
+
+@pytest.mark.ckpt_roundtrip(inputs=lambda: torch.randn(3, 4), formats=("torch", "safetensors"))
+def test_net():
+    return Net()
+'''
+
+
+def test_marked_model_round_trips_once_its_snapshot_exists(project, mode):
+    project.makepyfile(test_a=GOOD)
+    first = project.runpytest(*mode)
+    first.assert_outcomes(failed=1)
+    first.stdout.fnmatch_lines(lines(
+        "*no manifest snapshot for this test yet (__snapshots__/test_a/test_net.manifest.txt)",
+        "create it with: pytest --ckpt-snapshot-update 'test_a.py::test_net'",
+    ))
+    project.runpytest("--ckpt-snapshot-update", *mode).assert_outcomes(passed=1)
+    project.runpytest(*mode).assert_outcomes(passed=1)
+
+
+def test_strict_false_load_that_skips_a_branch_is_reported_as_not_loaded(project, mode):
+    project.makepyfile(test_a='''
+        import pytest
+        from nets import Net
+
+        def load_encoder_only(model, state):
+            wanted = {k: v for k, v in state.items() if k.startswith("encoder.")}
+            model.load_state_dict(wanted, strict=False)
+
+        @pytest.mark.ckpt_roundtrip(load=load_encoder_only, snapshot=False)
+        def test_net():
+            return Net()
+    ''')
+    result = project.runpytest(*mode)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "checkpoint round-trip of Net through 'torch' failed: not_loaded",
+        "  [not_loaded] 7 keys: still at the target's initial (poisoned) value after the load*",
+        "      head.bias",
+        "      head.weight",
+        "      norm.bias",
+        "      norm.num_batches_tracked",
+        "      norm.running_mean",
+        "      norm.running_var",
+        "      norm.weight",
+        "fix: make the load path write every tensor*",
+    ))
+
+
+def test_load_path_that_alters_values_is_reported_with_error_counts(project):
+    project.makepyfile(test_a='''
+        import pytest, torch
+        from nets import Net
+
+        def load_and_scale(model, state):
+            model.load_state_dict(state)
+            with torch.no_grad():
+                model.head.weight.mul_(2)
+
+        @pytest.mark.ckpt_roundtrip(load=load_and_scale, snapshot=False)
+        def test_net():
+            return Net()
+    ''')
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "*failed: value",
+        "  [value] 1 key: loaded value differs bitwise from the saved value",
+        "      head.weight",
+        "      head.weight: 16 of 16 elements differ, max abs error *, max rel error 1",
+    ))
+
+
+def test_output_drift_from_an_unsaved_buffer_is_reported(project):
+    project.makepyfile(test_a='''
+        import pytest, torch
+        from torch import nn
+
+        class Shifted(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(4, 2)
+                self.register_buffer("shift", torch.randn(2), persistent=False)
+
+            def forward(self, x):
+                return self.lin(x) + self.shift
+
+        @pytest.mark.ckpt_roundtrip(inputs=lambda: torch.randn(3, 4), snapshot=False)
+        def test_shifted():
+            return Shifted()
+    ''')
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "checkpoint round-trip of Shifted through 'torch' failed: output",
+        "  [output] 1 key: eval-mode outputs on inputs= differ*",
+        "      output",
+        "      output: 6 of 6 elements differ*",
+        "fix: the loaded model must compute the same function*",
+    ))
+
+
+@pytest.mark.parametrize(("marker", "expected"), [
+    ("ckpt_roundtrip(format='torch')",
+     "@pytest.mark.ckpt_roundtrip on test_a.py::test_net has unknown options: format"),
+    ("ckpt_roundtrip('torch')",
+     "@pytest.mark.ckpt_roundtrip on test_a.py::test_net has unknown options: 'torch'"),
+    ("ckpt_roundtrip(formats=('onnx',))",
+     "ckpt used wrongly in test_a.py::test_net: unknown checkpoint format 'onnx'*"),
+    ("ckpt_roundtrip(inputs=lambda: torch.randn(3, 5))",
+     "ckpt_roundtrip used wrongly in test_a.py::test_net: inputs= could not run through the "
+     "model returned by the test: RuntimeError*"),
+])
+def test_wrong_marker_use_names_the_test_and_the_problem(project, marker, expected):
+    project.makepyfile(test_a=f'''
+        import pytest, torch
+        from nets import Net
+
+        @pytest.mark.{marker}
+        def test_net():
+            return Net()
+    ''')
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(expected))
+
+
+def test_marked_test_that_returns_nothing_is_a_clear_error(project, mode):
+    project.makepyfile(test_a='''
+        import pytest
+        from nets import Net
+
+        @pytest.mark.ckpt_roundtrip
+        def test_net():
+            Net()
+    ''')
+    result = project.runpytest(*mode)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "test_a.py::test_net is marked ckpt_roundtrip but returned NoneType, not a "
+        "torch.nn.Module",
+        "fix: end the test with `return model`",
+    ))
+
+
+def test_marker_target_is_a_second_call_with_a_different_seed(project):
+    project.makepyfile(test_a='''
+        import pytest, torch
+        from nets import Net
+
+        CALLS = []
+
+        @pytest.mark.ckpt_roundtrip(snapshot=False)
+        def test_net():
+            model = Net()
+            CALLS.append(model.head.weight.detach().clone())
+            return model
+
+        def test_called_twice_with_different_init():
+            assert len(CALLS) == 2
+            assert not torch.equal(CALLS[0], CALLS[1])
+    ''')
+    project.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
