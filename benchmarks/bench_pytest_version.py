@@ -7,10 +7,12 @@ pytest >= 8.4 answers a single ``--version`` before loading any plugin, so that 
 see the plugin at all; ``--version --version`` (the verbose form, which lists plugins) goes
 through full plugin loading, so it is measured too.
 
-Each pair runs twice: with a bytecode cache (PYTHONDONTWRITEBYTECODE unset, .pyc files in a
-private temporary PYTHONPYCACHEPREFIX, as for a normal install) and with the caller's
-environment unchanged (where PYTHONDONTWRITEBYTECODE=1 makes every run recompile the
-editable pytest_ckpt sources). Usage: python benchmarks/bench_pytest_version.py [--repeat N]
+Each pair runs twice: ``[pyc]`` with a bytecode cache (PYTHONDONTWRITEBYTECODE unset, .pyc
+files in a private temporary PYTHONPYCACHEPREFIX, as for a normal install) and ``[env]`` with
+the caller's environment unchanged (PYTHONDONTWRITEBYTECODE=1 makes every run recompile the
+editable pytest_ckpt sources). Besides wall time the child's CPU time (user+sys, from
+wait4) is reported: it is less disturbed by other processes on the machine.
+Usage: python benchmarks/bench_pytest_version.py [--repeat N]
 """
 
 from __future__ import annotations
@@ -29,42 +31,47 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "pytest --version": ("--version",),
     "pytest --version --version": ("--version", "--version"),
 }
-
-
 Env = dict[str, str]
+Sample = tuple[float, float]  # (wall seconds, child CPU seconds)
 
 
-def run_once(args: tuple[str, ...], cwd: Path, env: Env) -> float:
+def run_once(args: tuple[str, ...], cwd: Path, env: Env) -> Sample:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pytest", *args], cwd=cwd, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    child = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=cwd, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise SystemExit(f"pytest {' '.join(args)} exited {child.returncode}")
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def imported_modules(args: tuple[str, ...], cwd: Path, env: Env) -> set[str]:
     """Top-level names of the modules imported by one run, from ``-X importtime``."""
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "pytest", *args],
                             cwd=cwd, env=env, check=True, capture_output=True, text=True)
-    names = set()
-    for line in result.stderr.splitlines():
-        if line.startswith("import time:") and line.count("|") == 2:
-            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
-    return names
+    return {line.rsplit("|", 1)[1].strip().split(".")[0]
+            for line in result.stderr.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
 
 
 def measure(args: tuple[str, ...], repeat: int, cwd: Path,
-            env: Env) -> tuple[list[float], list[float]]:
-    with_plugin: list[float] = []
-    without: list[float] = []
-    run_once(args, cwd, env)  # warm the page cache and .pyc files
-    run_once((*args, "-p", "no:ckpt"), cwd, env)
+            env: Env) -> tuple[list[Sample], list[Sample]]:
+    with_plugin: list[Sample] = []
+    without: list[Sample] = []
+    off = (*args, "-p", "no:ckpt")
+    run_once(args, cwd, env)  # warm the page cache and the .pyc files
+    run_once(off, cwd, env)
     for index in range(repeat):
-        order = [(with_plugin, args), (without, (*args, "-p", "no:ckpt"))]
-        if index % 2:
-            order.reverse()
-        for bucket, argv in order:
+        order = [(with_plugin, args), (without, off)]
+        for bucket, argv in order[::-1] if index % 2 else order:
             bucket.append(run_once(argv, cwd, env))
     return with_plugin, without
+
+
+def median(samples: list[Sample], which: int) -> float:
+    return statistics.median(sample[which] for sample in samples)
 
 
 def main() -> int:
@@ -78,28 +85,29 @@ def main() -> int:
         cached = {key: value for key, value in os.environ.items()
                   if key != "PYTHONDONTWRITEBYTECODE"}
         cached["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
-        modes = {"pyc": cached, "env": dict(os.environ)}
-        for mode, env in modes.items():
+        for mode, env in {"pyc": cached, "env": dict(os.environ)}.items():
             for label, args in VARIANTS.items():
-                with_plugin, without = measure(args, options.repeat, cwd, env)
+                on, off = measure(args, options.repeat, cwd, env)
                 loaded = imported_modules(args, cwd, env)
-                rows.append((f"[{mode}] {label}", statistics.median(with_plugin),
-                             statistics.median(without), min(with_plugin), min(without),
-                             "pytest_ckpt" in loaded, "torch" in loaded))
+                rows.append((f"[{mode}] {label}", on, off, "pytest_ckpt" in loaded,
+                             "torch" in loaded))
     no_pyc = os.environ.get("PYTHONDONTWRITEBYTECODE", "")
     print(f"python {sys.version.split()[0]}, {options.repeat} alternating runs per arm, "
-          "wall seconds (median; min in parentheses)\n[pyc] = bytecode cache on, "
-          f"[env] = environment as called (PYTHONDONTWRITEBYTECODE={no_pyc!r})")
-    header = (f"{'command':<34} {'with ckpt':>16} {'-p no:ckpt':>16} {'ratio':>7} "
-              f"{'target':>7} {'ckpt imported':>14} {'torch imported':>15}")
+          f"medians in seconds, load average now {os.getloadavg()[0]:.2f}\n"
+          f"[pyc] = bytecode cache on, [env] = environment as called "
+          f"(PYTHONDONTWRITEBYTECODE={no_pyc!r}); target: median wall ratio <= {TARGET_RATIO}; "
+          "min ratio = fastest run / fastest run; cpu ratio = median child user+sys")
+    header = (f"{'command':<34} {'wall ckpt':>9} {'wall no':>8} {'ratio':>6} {'':4} "
+              f"{'min ratio':>9} {'cpu ratio':>9} {'ckpt imported':>14} {'torch imported':>15}")
     print(header)
     print("-" * len(header))
-    for label, med_on, med_off, min_on, min_off, ckpt, torch in rows:
-        ratio = med_on / med_off
-        verdict = "ok" if ratio <= TARGET_RATIO else "MISS"
-        print(f"{label:<34} {f'{med_on:.3f} ({min_on:.3f})':>16} "
-              f"{f'{med_off:.3f} ({min_off:.3f})':>16} {ratio:>7.3f} "
-              f"{f'<={TARGET_RATIO} {verdict}':>7} {ckpt!s:>14} {torch!s:>15}")
+    for label, on, off, ckpt, torch in rows:
+        wall = median(on, 0) / median(off, 0)
+        cpu = median(on, 1) / median(off, 1)
+        verdict = "ok" if wall <= TARGET_RATIO else "MISS"
+        best = min(wall for wall, _ in on) / min(wall for wall, _ in off)
+        print(f"{label:<34} {median(on, 0):>9.3f} {median(off, 0):>8.3f} {wall:>6.3f} "
+              f"{verdict:<4} {best:>9.3f} {cpu:>9.3f} {ckpt!s:>14} {torch!s:>15}")
     return 0
 
 
