@@ -56,6 +56,17 @@ def imported_modules(args: tuple[str, ...], cwd: Path, env: Env) -> set[str]:
             if line.startswith("import time:") and line.count("|") == 2}
 
 
+IMPORT_PROBE = ("import time, pytest; start = time.perf_counter(); import pytest_ckpt.plugin; "
+                "print(time.perf_counter() - start)")
+
+
+def plugin_import_s(repeat: int, env: Env) -> float:
+    """Median time to import the plugin module in a fresh process that has imported pytest."""
+    return statistics.median(float(subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE], env=env, check=True, capture_output=True,
+        text=True).stdout) for _ in range(repeat))
+
+
 def measure(args: tuple[str, ...], repeat: int, cwd: Path,
             env: Env) -> tuple[list[Sample], list[Sample]]:
     with_plugin: list[Sample] = []
@@ -90,24 +101,29 @@ def main() -> int:
                 on, off = measure(args, options.repeat, cwd, env)
                 loaded = imported_modules(args, cwd, env)
                 rows.append((f"[{mode}] {label}", on, off, "pytest_ckpt" in loaded,
-                             "torch" in loaded))
+                             "torch" in loaded, plugin_import_s(options.repeat, env)))
     no_pyc = os.environ.get("PYTHONDONTWRITEBYTECODE", "")
     print(f"python {sys.version.split()[0]}, {options.repeat} alternating runs per arm, "
           f"medians in seconds, load average now {os.getloadavg()[0]:.2f}\n"
           f"[pyc] = bytecode cache on, [env] = environment as called "
           f"(PYTHONDONTWRITEBYTECODE={no_pyc!r}); target: median wall ratio <= {TARGET_RATIO}; "
-          "min ratio = fastest run / fastest run; cpu ratio = median child user+sys")
+          "min ratio = fastest run / fastest run; cpu ratio = median child user+sys;\n"
+          "import ms = median time of `import pytest_ckpt.plugin` after `import pytest` in a "
+          "fresh process; est. = 1 + import / median wall without the plugin (the noise-free "
+          "estimate, for the rows that import the plugin)")
     header = (f"{'command':<34} {'wall ckpt':>9} {'wall no':>8} {'ratio':>6} {'':4} "
-              f"{'min ratio':>9} {'cpu ratio':>9} {'ckpt imported':>14} {'torch imported':>15}")
+              f"{'min ratio':>9} {'cpu ratio':>9} {'import ms':>9} {'est.':>6} {'ckpt imported':>14} "
+              f"{'torch imported':>15}")
     print(header)
     print("-" * len(header))
-    for label, on, off, ckpt, torch in rows:
+    for label, on, off, ckpt, torch, import_s in rows:
         wall = median(on, 0) / median(off, 0)
         cpu = median(on, 1) / median(off, 1)
         verdict = "ok" if wall <= TARGET_RATIO else "MISS"
         best = min(wall for wall, _ in on) / min(wall for wall, _ in off)
         print(f"{label:<34} {median(on, 0):>9.3f} {median(off, 0):>8.3f} {wall:>6.3f} "
-              f"{verdict:<4} {best:>9.3f} {cpu:>9.3f} {ckpt!s:>14} {torch!s:>15}")
+              f"{verdict:<4} {best:>9.3f} {cpu:>9.3f} {import_s * 1e3:>9.1f} "
+              f"{1 + import_s / median(off, 0) if ckpt else 1.0:>6.3f} {ckpt!s:>14} {torch!s:>15}")
     return 0
 
 

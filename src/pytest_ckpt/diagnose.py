@@ -14,8 +14,9 @@ from pytest_ckpt.manifest import Manifest, ManifestRow
 def diff_manifests(reference: Manifest, current: Manifest, *,
                    reference_name: str = "checkpoint") -> list[Finding]:
     """Findings that explain why ``reference`` does not match ``current``; empty when equal."""
-    findings: list[Finding] = []
-    missing = tuple(key for key in current.keys() if key not in reference)
+    findings = _tie_findings(reference, current, reference_name)
+    explained = {key for finding in findings for key in finding.keys}
+    missing = tuple(key for key in current.keys() if key not in reference and key not in explained)
     unexpected = tuple(key for key in reference.keys() if key not in current)
     if missing:
         findings.append(Finding(
@@ -30,7 +31,6 @@ def diff_manifests(reference: Manifest, current: Manifest, *,
     common = [(reference[key], current[key]) for key in current.keys() if key in reference]
     findings += _shape_findings(common, reference_name)
     findings += _dtype_findings(common, reference_name)
-    findings += _tie_findings(common, reference_name)
     return sort_findings(findings)
 
 
@@ -71,13 +71,41 @@ def _dtype_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
                     details)]
 
 
-def _tie_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
+def _tie_findings(reference: Manifest, current: Manifest,
                   reference_name: str) -> list[Finding]:
-    changed = [(old, new) for old, new in pairs if (old.tie is None) != (new.tie is None)]
-    if not changed:
-        return []
-    details = tuple(f"{old.key}: {'tied to ' + old.tie if old.tie else 'not tied'} in the "
-                    f"{reference_name}, {'tied to ' + new.tie if new.tie else 'not tied'} "
-                    f"in the model" for old, new in changed)
-    return [Finding("tied_weights", tuple(old.key for old, _ in changed),
-                    "storage sharing (tied weights) differs", details)]
+    """Keys missing because their storage is shared, and ties that one side lost."""
+    dropped: list[str] = []
+    details: list[str] = []
+    for group in current.tie_groups().values():
+        kept = [key for key in group if key in reference]
+        if kept and len(kept) < len(group):
+            absent = [key for key in group if key not in reference]
+            dropped += absent
+            details += [f"{key}: shares storage with {kept[0]}, which the {reference_name} "
+                        f"holds" for key in absent]
+    lost = _untied(reference, current, "the model") + _untied(current, reference,
+                                                              f"the {reference_name}")
+    findings = []
+    if dropped:
+        findings.append(Finding(
+            "tied_weights", tuple(dropped),
+            f"missing from the {reference_name} because the tensor is tied to a key it keeps "
+            "(safetensors stores one key per tied group)", tuple(details)))
+    if lost:
+        findings.append(Finding("tied_weights", tuple(key for key, _ in lost),
+                                "storage sharing (tied weights) differs",
+                                tuple(dict.fromkeys(detail for _, detail in lost))))
+    return findings
+
+
+def _untied(tied: Manifest, other: Manifest, other_name: str) -> list[tuple[str, str]]:
+    """Keys tied together in ``tied`` that are all present but not tied in ``other``."""
+    lost = []
+    for group in tied.tie_groups().values():
+        if not all(key in other for key in group):
+            continue
+        ties = {other[key].tie for key in group}
+        if None in ties or len(ties) != 1:
+            detail = f"{', '.join(group)}: share storage, but not in {other_name}"
+            lost += [(key, detail) for key in group]
+    return lost
