@@ -112,8 +112,8 @@ def main() -> int:
           "fresh process; est. = 1 + import / median wall without the plugin (the noise-free "
           "estimate, for the rows that import the plugin)")
     header = (f"{'command':<34} {'wall ckpt':>9} {'wall no':>8} {'ratio':>6} {'':4} "
-              f"{'min ratio':>9} {'cpu ratio':>9} {'import ms':>9} {'est.':>6} {'ckpt imported':>14} "
-              f"{'torch imported':>15}")
+              f"{'min ratio':>9} {'cpu ratio':>9} {'import ms':>9} {'est.':>6} "
+              f"{'ckpt imported':>14} {'torch imported':>15}")
     print(header)
     print("-" * len(header))
     for label, on, off, ckpt, torch, import_s in rows:

@@ -1,0 +1,48 @@
+"""The ``example_models/`` suite is the demo: green as shipped, red with the cause when drifted."""
+
+from __future__ import annotations
+
+from tests.conftest import lines, snapshot_files
+
+
+def test_example_suite_is_green(example_project, mode):
+    before = snapshot_files(example_project.path)
+    result = example_project.runpytest("example_models", *mode)
+    result.assert_outcomes(passed=5)
+    assert snapshot_files(example_project.path) == before
+
+
+def test_renaming_a_vocoder_layer_fails_every_vocoder_check_with_the_cause(example_project, mode):
+    source = example_project.path / "example_models" / "vocoder.py"
+    source.write_text(source.read_text().replace("conv_post", "conv_out"))
+    result = example_project.runpytest("example_models/test_vocoder.py", *mode)
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines(lines(
+        "manifest differs from snapshot example_models/__snapshots__/test_vocoder/"
+        "test_vocoder_key_set_matches_snapshot.manifest.txt (60 entries in the snapshot, "
+        "60 in the model)",
+        "  [missing] 3 keys: in the model but not in the snapshot: *",
+        "      conv_out.bias",
+        "      conv_out.parametrizations.weight.original0",
+        "      conv_out.parametrizations.weight.original1",
+        "  [unexpected] 3 keys: in the snapshot but not in the model: *",
+        "      conv_post.bias",
+        "fix: restore the old attribute names*pytest --ckpt-snapshot-update "
+        "'example_models/test_vocoder.py::test_vocoder_key_set_matches_snapshot'",
+    ))
+
+
+def test_llama_vocab_change_is_a_shape_finding_on_the_7b_meta_manifest(example_project):
+    source = example_project.path / "example_models" / "llama.py"
+    text = source.read_text()
+    assert "vocab_size=32000" in text
+    source.write_text(text.replace("vocab_size=32000", "vocab_size=32064"))
+    result = example_project.runpytest("example_models/test_llama.py")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "  [shape] 2 keys: shape differs: load_state_dict raises 'size mismatch'",
+        "      output.weight",
+        "      tok_embeddings.weight",
+        "      output.weight: [32000, 4096] in the snapshot, [32064, 4096] in the model "
+        "(dim 0: 32000 -> 32064)",
+    ))

@@ -1,0 +1,121 @@
+"""``ckpt.roundtrip(model, ...)``: poisoned copies, factories, formats and tied weights."""
+
+from __future__ import annotations
+
+from tests.conftest import lines
+
+
+def test_roundtrip_with_a_poisoned_copy_passes_for_a_sound_model(project, mode):
+    project.makepyfile(test_a='''
+        import torch
+        from nets import Net
+
+        def test_net(ckpt):
+            outcomes = ckpt.roundtrip(Net(), formats=("torch", "safetensors"),
+                                      inputs=lambda: torch.randn(3, 4), snapshot=False)
+            assert [(o.format, o.ok) for o in outcomes] == [("torch", True), ("safetensors", True)]
+    ''')
+    project.runpytest(*mode).assert_outcomes(passed=1)
+
+
+def test_poisoned_copy_catches_a_load_that_silently_skips_keys(project):
+    project.makepyfile(test_a='''
+        from nets import Net
+
+        def drop_norm(model, state):
+            model.load_state_dict({k: v for k, v in state.items() if "norm" not in k},
+                                  strict=False)
+
+        def test_net(ckpt):
+            ckpt.roundtrip(Net(), load=drop_norm, snapshot=False)
+    ''')
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "checkpoint round-trip of Net through 'torch' failed: not_loaded",
+        "  [not_loaded] 5 keys: still at the target's initial (poisoned) value*",
+        "      norm.bias",
+    ))
+
+
+def test_tied_embeddings_saved_as_safetensors_fail_a_strict_load_with_the_cause(project):
+    project.makepyfile(test_a='''
+        from torch import nn
+
+        class LM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embed = nn.Embedding(10, 4)
+                self.lm_head = nn.Linear(4, 10, bias=False)
+                self.lm_head.weight = self.embed.weight
+
+        def test_lm(ckpt):
+            ckpt.roundtrip(LM(), factory=LM, formats=("torch", "safetensors"), snapshot=False)
+    ''')
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "checkpoint round-trip of LM through 'safetensors' failed: RuntimeError: Error(s) in "
+        "loading state_dict for LM:",
+        "  [tied_weights] 1 key: missing from the saved file because the tensor is tied to a "
+        "key it keeps (safetensors stores one key per tied group)",
+        "      lm_head.weight",
+        "      lm_head.weight: shares storage with embed.weight, which the saved file holds",
+        "fix: re-tie shared tensors after loading*",
+    ))
+    assert "through 'torch' failed" not in result.stdout.str()
+
+
+def test_a_load_path_that_unties_weights_is_reported(project):
+    project.makepyfile(test_a='''
+        import torch
+        from torch import nn
+
+        class LM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embed = nn.Embedding(10, 4)
+                self.lm_head = nn.Linear(4, 10, bias=False)
+                self.lm_head.weight = self.embed.weight
+
+        def load_untied(model, state):
+            model.lm_head.weight = nn.Parameter(state["lm_head.weight"].clone())
+            model.load_state_dict(state)
+
+        def test_lm(ckpt):
+            ckpt.roundtrip(LM(), factory=LM, load=load_untied, snapshot=False)
+    ''')
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "checkpoint round-trip of LM through 'torch' failed: tied_weights",
+        "  [tied_weights] 2 keys: storage sharing (tied weights) differs",
+        "      embed.weight",
+        "      lm_head.weight",
+    ))
+
+
+def test_roundtrip_checks_the_manifest_snapshot_by_default(project):
+    project.makepyfile(test_a='''
+        from nets import Net
+
+        def test_net(ckpt):
+            ckpt.roundtrip(Net())
+    ''')
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["no manifest snapshot for this test yet*"])
+    project.runpytest("--ckpt-snapshot-update").assert_outcomes(passed=1)
+    project.runpytest().assert_outcomes(passed=1)
+
+
+def test_roundtrip_of_something_that_is_not_a_module_is_a_usage_error(project):
+    project.makepyfile(test_a='''
+        def test_net(ckpt):
+            ckpt.roundtrip({"w": 1})
+    ''')
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "ckpt_roundtrip used wrongly in test_a.py::test_net: expected a torch.nn.Module to "
+        "round-trip, got dict"])
