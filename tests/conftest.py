@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 
@@ -49,8 +50,14 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 @pytest.fixture
-def example_project(pytester: pytest.Pytester) -> pytest.Pytester:
-    """A copy of ``example_models/`` (models, tests and snapshots) in a pytester directory."""
+def example_project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A copy of ``example_models/`` (models, tests and snapshots) in a pytester directory.
+
+    This process may have imported the repository's own ``example_models`` (when the outer
+    run collected it); the in-process runs must import the copy instead.
+    """
+    for name in [name for name in sys.modules if name.split(".")[0] == "example_models"]:
+        monkeypatch.delitem(sys.modules, name)
     shutil.copytree(ROOT / "example_models", pytester.path / "example_models",
                     ignore=shutil.ignore_patterns("__pycache__"))
     pytester.makeini("[pytest]\naddopts = --strict-markers -p no:cacheprovider\n"

@@ -22,7 +22,8 @@ def test_snapshot_life_cycle_create_pass_drift_update_pass(project, mode):
     project.runpytest("--ckpt-snapshot-update", *mode).assert_outcomes(passed=1)
     stored = snapshot_files(project.path)
     assert list(stored) == ["__snapshots__/test_a/test_keys.manifest.txt"]
-    assert "head.weight float32 [2,8] param" in stored["__snapshots__/test_a/test_keys.manifest.txt"]
+    snapshot = stored["__snapshots__/test_a/test_keys.manifest.txt"]
+    assert "head.weight float32 [2,8] param" in snapshot
     project.runpytest(*mode).assert_outcomes(passed=1)
 
     _write(project, head="classifier")  # a renamed submodule

@@ -80,7 +80,8 @@ class CheckpointChecks:
             self._fail(render_failure(
                 f"no manifest snapshot for this test yet ({_relative(location)})",
                 [], f"create it with: {self.update_command}", color=self._color))
-        self._fail(self._snapshot_message(result.stored, manifest, location))
+        else:
+            self._fail(self._snapshot_message(result.stored, manifest, location))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def roundtrip(self, model: torch.nn.Module, *,

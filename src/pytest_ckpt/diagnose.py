@@ -16,8 +16,9 @@ def diff_manifests(reference: Manifest, current: Manifest, *,
     """Findings that explain why ``reference`` does not match ``current``; empty when equal."""
     findings = _tie_findings(reference, current, reference_name)
     explained = {key for finding in findings for key in finding.keys}
-    missing = tuple(key for key in current.keys() if key not in reference and key not in explained)
-    unexpected = tuple(key for key in reference.keys() if key not in current)
+    missing = tuple(row.key for row in current
+                    if row.key not in reference and row.key not in explained)
+    unexpected = tuple(row.key for row in reference if row.key not in current)
     if missing:
         findings.append(Finding(
             "missing", missing,
@@ -28,7 +29,7 @@ def diff_manifests(reference: Manifest, current: Manifest, *,
             "unexpected", unexpected,
             f"in the {reference_name} but not in the model: a strict load_state_dict "
             f"raises 'Unexpected key(s) in state_dict'"))
-    common = [(reference[key], current[key]) for key in current.keys() if key in reference]
+    common = [(reference[row.key], row) for row in current if row.key in reference]
     findings += _shape_findings(common, reference_name)
     findings += _dtype_findings(common, reference_name)
     return sort_findings(findings)
@@ -49,7 +50,7 @@ def _shape_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
 def _changed_dims(old: tuple[int, ...], new: tuple[int, ...]) -> str:
     if len(old) != len(new):
         return f" (rank {len(old)} -> {len(new)})"
-    dims = [f"dim {i}: {a} -> {b}" for i, (a, b) in enumerate(zip(old, new)) if a != b]
+    dims = [f"dim {i}: {a} -> {b}" for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
     return f" ({', '.join(dims)})"
 
 

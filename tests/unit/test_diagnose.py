@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -39,11 +40,12 @@ def test_vocab_resize_is_a_shape_finding_naming_the_dimension():
 
 def test_half_precision_checkpoint_is_a_lossy_dtype_finding():
     old = Manifest.from_module(nn.Linear(2, 2))
-    new = Manifest.from_module(nn.Linear(2, 2).to(dtype=__import__("torch").bfloat16))
+    new = Manifest.from_module(nn.Linear(2, 2).to(dtype=torch.bfloat16))
     (finding,) = diff_manifests(old, new)
     assert finding.kind == "dtype"
     assert finding.keys == ("bias", "weight")
-    assert finding.details[0] == "bias: float32 in the checkpoint, bfloat16 in the model (lossy cast)"
+    assert finding.details[0] == (
+        "bias: float32 in the checkpoint, bfloat16 in the model (lossy cast)")
 
 
 def test_untied_weights_are_a_tied_weights_finding():

@@ -42,7 +42,8 @@ def get_format(name: str) -> CheckpointFormat:
         from pytest_ckpt.formats.safetensors_file import SafetensorsFormat
 
         return SafetensorsFormat()
-    raise ValueError(f"unknown checkpoint format {name!r}; known formats: {', '.join(FORMAT_NAMES)}")
+    known = ", ".join(FORMAT_NAMES)
+    raise ValueError(f"unknown checkpoint format {name!r}; known formats: {known}")
 
 
 def detect_format(path: Path) -> CheckpointFormat:

@@ -48,7 +48,8 @@ def load_weights_only(path: Path) -> Any:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointReadError(
             path, f"was refused by torch.load(weights_only=True): {first}. It needs globals "
-                  "that are not plain tensors or containers; nothing from it was executed") from None
+                  "that are not plain tensors or containers; nothing from it was executed"
+        ) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointReadError(path, f"is corrupt or truncated ({reason})") from None
