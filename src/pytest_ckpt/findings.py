@@ -67,7 +67,8 @@ def fold_keys(keys: Iterable[str]) -> list[str]:
     longest = max((len(item) for item in items), default=0)
     for position in range(longest):
         items = _fold_position(items, position)
-    return sorted((_render_segments(item) for item in items), key=_natural_key)
+    return sorted((_render_segments(item) for item in items),
+                  key=lambda text: (_natural_key(text), text))
 
 
 def _fold_position(items: set[tuple[Segment, ...]], position: int) -> set[tuple[Segment, ...]]:
