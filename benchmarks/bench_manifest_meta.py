@@ -78,10 +78,11 @@ def main() -> int:
               f"{'built RSS':>9} {'peak RSS MiB':>12} {'':4} {'findings':>8}")
     print(f"{header}\n{'-' * len(header)}")
     for name in CONFIGS:
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--repeat",
-                              str(options.repeat)], check=True, capture_output=True,
-                             text=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        done = subprocess.run([sys.executable, __file__, "--child", name, "--repeat",
+                               str(options.repeat)], capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{name} child failed:\n{done.stderr}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
         wall_ok = "ok" if r["first"] < TARGET_WALL_S else "MISS"
         rss_ok = "ok" if r["peak"] < TARGET_RSS_MIB else "MISS"
         print(f"{name:<14} {r['params'] / 1e9:>6.1f}B {r['entries']:>7} {r['import']:>14.2f} "

@@ -97,12 +97,14 @@ def child(mode: str, size_mib: int, directory: Path) -> dict[str, Any]:
 def run_child(mode: str, size_mib: int, root: Path) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=root))
     try:
-        out = subprocess.run([sys.executable, __file__, "--child", mode, "--size-mib",
-                              str(size_mib), "--dir", str(directory)],
-                             check=True, capture_output=True, text=True).stdout
+        done = subprocess.run([sys.executable, __file__, "--child", mode, "--size-mib",
+                               str(size_mib), "--dir", str(directory)],
+                              capture_output=True, text=True)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    return dict(json.loads(out.strip().splitlines()[-1]))
+    if done.returncode:
+        raise SystemExit(f"{mode} child failed:\n{done.stderr}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def main() -> int:

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, final
 
 import pytest
 
-from pytest_ckpt.diagnose import diff_manifests
+from pytest_ckpt.diagnose import diagnose
 from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
+from pytest_ckpt.facts import ModelFacts
 from pytest_ckpt.findings import Finding, render_failure
 from pytest_ckpt.formats import read_checkpoint_manifest
 from pytest_ckpt.manifest import Manifest, ManifestParseError
@@ -76,12 +77,13 @@ class CheckpointChecks:
         result = compare_with_snapshot(self._assertion, manifest.render(), name)
         if result.matched:
             return manifest
+        facts = _facts_of(obj)
         if result.stored is None:
             self._fail(render_failure(
                 f"no manifest snapshot for this test yet ({_relative(location)})",
                 [], f"create it with: {self.update_command}", color=self._color))
         else:
-            self._fail(self._snapshot_message(result.stored, manifest, location))
+            self._fail(self._snapshot_message(result.stored, manifest, location, facts))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def roundtrip(self, model: torch.nn.Module, *,
@@ -134,13 +136,14 @@ class CheckpointChecks:
         fix = _fix_for(list(outcome.findings), self.update_command)
         return render_failure(headline, outcome.findings, fix, color=self._color)
 
-    def _snapshot_message(self, stored: str, manifest: Manifest, location: Path) -> str:
+    def _snapshot_message(self, stored: str, manifest: Manifest, location: Path,
+                          facts: ModelFacts | None) -> str:
         try:
             reference = Manifest.parse(stored)
         except ManifestParseError as error:
             return (f"manifest snapshot {_relative(location)} is corrupt: {error}\n"
                     f"rewrite it with: {self.update_command}")
-        findings = diff_manifests(reference, manifest, reference_name="snapshot")
+        findings = diagnose(reference, manifest, facts=facts, reference_name="snapshot")
         counts = f"{len(reference)} entries in the snapshot, {len(manifest)} in the model"
         headline = f"manifest differs from snapshot {_relative(location)} ({counts})"
         fix = _fix_for(findings, self.update_command)
@@ -190,6 +193,12 @@ class CheckpointChecks:
     def _fail(self, message: str) -> None:
         __tracebackhide__ = True
         pytest.fail(message, pytrace=False)
+
+
+def _facts_of(obj: object) -> ModelFacts | None:
+    import torch
+
+    return ModelFacts.from_module(obj) if isinstance(obj, torch.nn.Module) else None
 
 
 def _fix_for(findings: list[Finding], update_command: str) -> str:

@@ -1,38 +1,86 @@
-"""Turn two manifests (a reference such as a checkpoint or snapshot, and the current model)
-into findings. Pure: plain values in, :class:`Finding` out.
+"""The diagnosis engine: two manifests (a reference such as a checkpoint or snapshot, and the
+current model), optionally :class:`ModelFacts`, in; findings naming each cause out. Pure.
 
 Orientation follows ``torch.nn.Module.load_state_dict``: ``missing`` keys are in the model but
-not in the reference, ``unexpected`` keys are in the reference but not in the model.
+not in the reference, ``unexpected`` keys are in the reference but not in the model. Rules run
+from the most specific cause to the most generic; a key explained by one rule is not repeated
+by a later one, so whatever is left is reported as plain ``missing``/``unexpected``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from pytest_ckpt.facts import ModelFacts
 from pytest_ckpt.findings import Finding, sort_findings
 from pytest_ckpt.manifest import Manifest, ManifestRow
 
 
-def diff_manifests(reference: Manifest, current: Manifest, *,
-                   reference_name: str = "checkpoint") -> list[Finding]:
+@dataclass
+class KeyPool:
+    """The keys not yet explained, and the findings so far."""
+
+    reference: Manifest
+    current: Manifest
+    facts: ModelFacts
+    name: str  # what the reference is called in messages: "checkpoint", "snapshot", ...
+    missing: set[str]
+    unexpected: set[str]
+    findings: list[Finding] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (reference key, model key)
+
+    def claim(self, finding: Finding, *, missing: Iterable[str] = (),
+              unexpected: Iterable[str] = (), pairs: Iterable[tuple[str, str]] = ()) -> None:
+        """Record ``finding`` as the cause of these keys; they are not reported again."""
+        missing, unexpected = tuple(missing), tuple(unexpected)
+        self.missing.difference_update(missing)
+        self.unexpected.difference_update(unexpected)
+        self.pairs.extend(pairs)
+        other = missing if set(finding.keys) <= set(unexpected) else unexpected
+        related = tuple(sorted(set(other) - set(finding.keys)))
+        self.findings.append(replace(finding, related=related) if related else finding)
+
+
+Rule = Callable[[KeyPool], None]
+
+
+def diagnose(reference: Manifest, current: Manifest, *, facts: ModelFacts | None = None,
+             reference_name: str = "checkpoint") -> list[Finding]:
     """Findings that explain why ``reference`` does not match ``current``; empty when equal."""
-    findings = _tie_findings(reference, current, reference_name)
-    explained = {key for finding in findings for key in finding.keys}
-    missing = tuple(row.key for row in current
-                    if row.key not in reference and row.key not in explained)
-    unexpected = tuple(row.key for row in reference if row.key not in current)
-    if missing:
-        findings.append(Finding(
-            "missing", missing,
-            f"in the model but not in the {reference_name}: a strict load_state_dict "
-            f"raises 'Missing key(s) in state_dict'"))
-    if unexpected:
-        findings.append(Finding(
-            "unexpected", unexpected,
-            f"in the {reference_name} but not in the model: a strict load_state_dict "
-            f"raises 'Unexpected key(s) in state_dict'"))
+    from pytest_ckpt.layouts import LAYOUT_RULES
+    from pytest_ckpt.structure import STRUCTURE_RULES
+
+    pool = KeyPool(reference, current, facts or ModelFacts(), reference_name,
+                   missing={row.key for row in current if row.key not in reference},
+                   unexpected={row.key for row in reference if row.key not in current})
+    pool.findings += _tie_findings(reference, current, reference_name)
+    pool.missing -= {key for finding in pool.findings for key in finding.keys}
+    rules: list[Rule] = [*STRUCTURE_RULES[:1], *LAYOUT_RULES, *STRUCTURE_RULES[1:]]
+    for rule in rules:
+        if pool.missing or pool.unexpected:
+            rule(pool)
+    _generic(pool)
     common = [(reference[row.key], row) for row in current if row.key in reference]
-    findings += _shape_findings(common, reference_name)
-    findings += _dtype_findings(common, reference_name)
-    return sort_findings(findings)
+    common += [(reference[old], current[new]) for old, new in pool.pairs]
+    pool.findings += _shape_findings(common, reference_name)
+    pool.findings += _dtype_findings(common, reference_name)
+    return sort_findings(pool.findings)
+
+
+
+
+def _generic(pool: KeyPool) -> None:
+    if pool.missing:
+        pool.findings.append(Finding(
+            "missing", tuple(sorted(pool.missing)),
+            f"in the model but not in the {pool.name}: a strict load_state_dict "
+            f"raises 'Missing key(s) in state_dict'"))
+    if pool.unexpected:
+        pool.findings.append(Finding(
+            "unexpected", tuple(sorted(pool.unexpected)),
+            f"in the {pool.name} but not in the model: a strict load_state_dict "
+            f"raises 'Unexpected key(s) in state_dict'"))
 
 
 def _shape_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
@@ -43,14 +91,15 @@ def _shape_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
     details = tuple(f"{old.key}: {list(old.shape)} in the {reference_name}, "
                     f"{list(new.shape)} in the model{_changed_dims(old.shape, new.shape)}"
                     for old, new in changed)
-    return [Finding("shape", tuple(old.key for old, _ in changed),
+    return [Finding("shape", tuple(new.key for _, new in changed),
                     "shape differs: load_state_dict raises 'size mismatch'", details)]
 
 
 def _changed_dims(old: tuple[int, ...], new: tuple[int, ...]) -> str:
     if len(old) != len(new):
         return f" (rank {len(old)} -> {len(new)})"
-    dims = [f"dim {i}: {a} -> {b}" for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+    dims = [f"dim {i}: {a} -> {b}" for i, (a, b) in enumerate(zip(old, new, strict=True))
+            if a != b]
     return f" ({', '.join(dims)})"
 
 
@@ -67,7 +116,7 @@ def _dtype_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
     details = tuple(f"{old.key}: {old.dtype} in the {reference_name}, {new.dtype} in the model"
                     + (" (lossy cast)" if (old.dtype, new.dtype) in _LOSSY else "")
                     for old, new in changed)
-    return [Finding("dtype", tuple(old.key for old, _ in changed),
+    return [Finding("dtype", tuple(new.key for _, new in changed),
                     "dtype differs: load_state_dict silently casts to the model's dtype",
                     details)]
 

@@ -33,6 +33,8 @@ class Finding:
     keys: tuple[str, ...]
     hint: str
     details: tuple[str, ...] = field(default=())
+    # the keys on the model's side that the same cause explains (a rename's new names, ...)
+    related: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if self.kind not in _ORDER:
@@ -40,7 +42,7 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "keys": list(self.keys), "folded": fold_keys(self.keys),
-                "hint": self.hint, "details": list(self.details)}
+                "hint": self.hint, "details": list(self.details), "related": list(self.related)}
 
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
@@ -122,8 +124,8 @@ def _expand_numbers(body: str) -> list[str]:
 
 
 def _natural_key(text: str) -> list[Any]:
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
-            for part in re.split(r"(\d+)", text)]
+    return [(0, int(part), "") if part.isascii() and part.isdigit() else (1, 0, part)
+            for part in re.split(r"([0-9]+)", text)]
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -147,7 +149,8 @@ def render_finding(finding: Finding, *, color: bool = False) -> list[str]:
         label = f"{_RED if finding.kind != 'not_loaded' else _YELLOW}{label}{_RESET}"
     head = f"  {label} {count} {noun}: {finding.hint}" if count else f"  {label} {finding.hint}"
     lines = [head]
-    lines += [f"      {line}" for line in render_keys(finding.keys)]
+    if finding.kind != "missing_component":  # the hint names the component; keys are in JSON
+        lines += [f"      {line}" for line in render_keys(finding.keys)]
     details = list(finding.details[:MAX_DETAIL_LINES])
     if len(finding.details) > MAX_DETAIL_LINES:
         details.append(f"... and {len(finding.details) - MAX_DETAIL_LINES} more")

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_ckpt.diagnose import diff_manifests
+from pytest_ckpt.diagnose import diagnose
 from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
+from pytest_ckpt.facts import ModelFacts
 from pytest_ckpt.findings import Finding, sort_findings
 from pytest_ckpt.formats import get_format
 from pytest_ckpt.manifest import Manifest
@@ -101,12 +102,13 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
     try:
         (spec.load or default_load)(target, loaded)
     except Exception as error:  # the user's load path failed: diagnose, then report it
-        findings = diff_manifests(saved, Manifest.from_module(target),
-                                  reference_name="saved file")
+        findings = diagnose(saved, Manifest.from_module(target),
+                            facts=ModelFacts.from_module(target), reference_name="saved file")
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return FormatOutcome(name, path, tuple(findings), f"{type(error).__name__}: {first}")
     del loaded
-    findings = diff_manifests(saved, Manifest.from_module(target), reference_name="saved file")
+    findings = diagnose(saved, Manifest.from_module(target), facts=ModelFacts.from_module(target),
+                        reference_name="saved file")
     findings += _value_findings(source_state, target.state_dict(), before)
     findings += _tie_findings(source, target)
     if expected_outputs is not None:

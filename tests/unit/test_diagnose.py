@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from pytest_ckpt.diagnose import diff_manifests
+from pytest_ckpt.diagnose import diagnose
 from pytest_ckpt.manifest import Manifest, ManifestRow
 
 rows = st.lists(st.builds(ManifestRow, key=st.text(max_size=12), dtype=st.just("float32"),
@@ -18,13 +18,13 @@ rows = st.lists(st.builds(ManifestRow, key=st.text(max_size=12), dtype=st.just("
 @given(rows)
 def test_identical_manifests_have_no_findings(items):
     manifest = Manifest(tuple(items))
-    assert diff_manifests(manifest, Manifest(tuple(items))) == []
+    assert diagnose(manifest, Manifest(tuple(items))) == []
 
 
 @given(rows, rows)
 def test_every_key_difference_is_explained(left, right):
-    findings = diff_manifests(Manifest(tuple(left)), Manifest(tuple(right)))
-    explained = {key for finding in findings for key in finding.keys}
+    findings = diagnose(Manifest(tuple(left)), Manifest(tuple(right)))
+    explained = {key for finding in findings for key in (*finding.keys, *finding.related)}
     differing = {row.key for row in left} ^ {row.key for row in right}
     assert differing <= explained
 
@@ -32,7 +32,7 @@ def test_every_key_difference_is_explained(left, right):
 def test_vocab_resize_is_a_shape_finding_naming_the_dimension():
     old = Manifest.from_module(nn.Embedding(36, 8))
     new = Manifest.from_module(nn.Embedding(32, 8))
-    (finding,) = diff_manifests(old, new)
+    (finding,) = diagnose(old, new)
     assert finding.kind == "shape"
     assert finding.details == ("weight: [36, 8] in the checkpoint, [32, 8] in the model "
                                "(dim 0: 36 -> 32)",)
@@ -41,7 +41,7 @@ def test_vocab_resize_is_a_shape_finding_naming_the_dimension():
 def test_half_precision_checkpoint_is_a_lossy_dtype_finding():
     old = Manifest.from_module(nn.Linear(2, 2))
     new = Manifest.from_module(nn.Linear(2, 2).to(dtype=torch.bfloat16))
-    (finding,) = diff_manifests(old, new)
+    (finding,) = diagnose(old, new)
     assert finding.kind == "dtype"
     assert finding.keys == ("bias", "weight")
     assert finding.details[0] == (
@@ -52,13 +52,13 @@ def test_untied_weights_are_a_tied_weights_finding():
     tied = nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.Linear(2, 2)})
     tied["b"].weight = tied["a"].weight
     untied = nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.Linear(2, 2)})
-    (finding,) = diff_manifests(Manifest.from_module(tied), Manifest.from_module(untied))
+    (finding,) = diagnose(Manifest.from_module(tied), Manifest.from_module(untied))
     assert finding.kind == "tied_weights"
     assert finding.keys == ("a.weight", "b.weight")
 
 
 def test_missing_and_unexpected_follow_load_state_dict_orientation():
     checkpoint = Manifest((ManifestRow("old.w", "float32", (1,)),))
-    model = Manifest((ManifestRow("new.w", "float32", (1,)),))
-    kinds = {finding.kind: finding.keys for finding in diff_manifests(checkpoint, model)}
+    model = Manifest((ManifestRow("new.w", "float32", (2,)),))  # not a rename: shapes differ
+    kinds = {finding.kind: finding.keys for finding in diagnose(checkpoint, model)}
     assert kinds == {"missing": ("new.w",), "unexpected": ("old.w",)}

@@ -79,4 +79,5 @@ def test_finding_kinds_are_checked_against_the_vocabulary():
 def test_findings_serialise_with_their_folded_keys():
     finding = Finding("missing", ("l.0.w", "l.1.w"), "gone")
     assert finding.to_json() == {"kind": "missing", "keys": ["l.0.w", "l.1.w"],
-                                 "folded": ["l.{0,1}.w"], "hint": "gone", "details": []}
+                                 "folded": ["l.{0,1}.w"], "hint": "gone", "details": [],
+                                 "related": []}

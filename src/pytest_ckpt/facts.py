@@ -1,0 +1,44 @@
+"""What the diagnosis needs to know about a live model beyond its manifest, as plain values.
+
+:class:`ModelFacts` is pure; :meth:`ModelFacts.from_module` reads a module (torch imported
+there only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+_NORM_TYPES = ("LayerNorm", "GroupNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+               "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "LocalResponseNorm")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Facts about the model a checkpoint is loaded into."""
+
+    nonpersistent_buffers: frozenset[str] = field(default=frozenset())
+    norm_modules: frozenset[str] = field(default=frozenset())  # module names of norm layers
+    # modules whose load_state_dict converts legacy weight_norm keys (torch's compat hook)
+    weight_norm_compat: frozenset[str] = field(default=frozenset())
+
+    @classmethod
+    def from_module(cls, model: torch.nn.Module) -> ModelFacts:
+        state = set(model.state_dict(keep_vars=True))
+        buffers = {name for name, _ in model.named_buffers(remove_duplicate=False)}
+        norms, compat = set(), set()
+        for name, module in model.named_modules(remove_duplicate=False):
+            if type(module).__name__ in _NORM_TYPES or "Norm" in type(module).__name__:
+                norms.add(name)
+            hooks = getattr(module, "_load_state_dict_pre_hooks", {})
+            if any("weight_norm_compat" in _hook_name(hook) for hook in hooks.values()):
+                compat.add(name)
+        return cls(frozenset(buffers - state), frozenset(norms), frozenset(compat))
+
+
+def _hook_name(hook: object) -> str:
+    inner = getattr(hook, "hook", hook)  # torch wraps pre-hooks in _WrappedHook
+    return str(getattr(inner, "__qualname__", getattr(inner, "__name__", repr(inner))))
