@@ -24,6 +24,7 @@ class ModelFacts:
     norm_modules: frozenset[str] = field(default=frozenset())  # module names of norm layers
     # modules whose load_state_dict converts legacy weight_norm keys (torch's compat hook)
     weight_norm_compat: frozenset[str] = field(default=frozenset())
+    from_model: bool = False  # False: nothing is known about the model (a file, a snapshot)
 
     @classmethod
     def from_module(cls, model: torch.nn.Module) -> ModelFacts:
@@ -36,7 +37,7 @@ class ModelFacts:
             hooks = getattr(module, "_load_state_dict_pre_hooks", {})
             if any("weight_norm_compat" in _hook_name(hook) for hook in hooks.values()):
                 compat.add(name)
-        return cls(frozenset(buffers - state), frozenset(norms), frozenset(compat))
+        return cls(frozenset(buffers - state), frozenset(norms), frozenset(compat), True)
 
 
 def _hook_name(hook: object) -> str:

@@ -80,6 +80,10 @@ def _weight_norm_hint(pool: KeyPool, old: str, new: str, sites: list[tuple[str, 
     text = (f"weight_norm layout differs: {pool.name} {old} "
             f"({_WN_KEYS[old].format(n=name)}) in {len(sites)} modules, model {new} "
             f"({_WN_KEYS[new].format(n=name)}); ")
+    if (old, new) == (LEGACY, PARAMETRIZED) and not pool.facts.from_model:
+        return text + ("torch converts legacy -> parametrized only inside "
+                       "Module.load_state_dict, through the compat hook that "
+                       "parametrizations.weight_norm registers")
     if (old, new) == (LEGACY, PARAMETRIZED):
         hooked = sum(site[0] in pool.facts.weight_norm_compat for site in sites)
         return text + (f"torch's compat hook converts it inside Module.load_state_dict for "

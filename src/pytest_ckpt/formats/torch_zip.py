@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
+from pytest_ckpt.container import WEIGHT_ENTRIES, container_layout
 from pytest_ckpt.errors import CheckpointReadError
 from pytest_ckpt.manifest import Manifest
 
@@ -57,18 +58,10 @@ def load_weights_only(path: Path) -> Any:
 
 def state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
     """The state_dict inside a loaded checkpoint: bare, or under a well-known key."""
-    import torch
-
-    if isinstance(loaded, dict) and loaded and all(
-            isinstance(value, torch.Tensor) for value in loaded.values()):
-        return dict(loaded)
-    if isinstance(loaded, dict):
-        for key in ("state_dict", "model", "model_state_dict", "module", "weights"):
-            inner = loaded.get(key)
-            if isinstance(inner, dict) and inner and all(
-                    isinstance(value, torch.Tensor) for value in inner.values()):
-                return dict(inner)
-    raise CheckpointReadError(
-        path, f"holds no state_dict (a {type(loaded).__name__} that is neither a mapping of "
-              "tensors nor a dict with one under 'state_dict', 'model', 'model_state_dict', "
-              "'module' or 'weights')")
+    layout = container_layout(loaded)
+    if layout is None:
+        raise CheckpointReadError(
+            path, f"holds no state_dict (a {type(loaded).__name__} that is neither a mapping of "
+                  f"tensors nor a dict with one under {', '.join(map(repr, WEIGHT_ENTRIES))})")
+    inner = loaded if layout.weights_entry is None else loaded[layout.weights_entry]
+    return dict(inner)
