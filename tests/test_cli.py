@@ -1,0 +1,110 @@
+"""The ``pytest-ckpt`` console command, run as users run it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+COMMAND = shutil.which("pytest-ckpt", path=str(Path(sys.executable).parent))
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    assert COMMAND is not None
+    return subprocess.run([COMMAND, *args], capture_output=True, text=True, cwd=cwd)
+
+
+def legacy_net() -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return nn.Sequential(*(nn.utils.weight_norm(nn.Conv1d(4, 4, 3)) for _ in range(12)))
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    torch.save({"model": legacy_net().state_dict(), "epoch": 3}, tmp_path / "old.pt")
+    save_file(legacy_net().state_dict(), str(tmp_path / "old.safetensors"))
+    (tmp_path / "newnet.py").write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "def build():\n"
+        "    return nn.Sequential(*(nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 4, 3))\n"
+        "                           for _ in range(12)))\n"
+        "def broken():\n"
+        "    raise RuntimeError('no config')\n")
+    return tmp_path
+
+
+def test_show_prints_the_container_and_the_manifest(files):
+    result = run("show", "old.pt", cwd=files)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [
+        "old.pt: torch, 36 entries, 672 elements",
+        "container: {'model': state_dict}; also epoch (int)",
+        "# pytest-ckpt manifest v1: 36 entries, 672 elements",
+    ]
+    assert "0.weight_g float32 [4,1,1] tensor" in lines
+
+
+def test_show_json_of_a_safetensors_file(files):
+    result = run("show", "old.safetensors", "--json", cwd=files)
+    assert result.returncode == 0
+    shown = json.loads(result.stdout)
+    assert shown["format"] == "safetensors"
+    assert shown["container"]["layout"] == "safetensors (flat tensor map)"
+    assert {"key": "0.bias", "dtype": "float32", "shape": [4], "kind": "tensor",
+            "tie": None} in shown["manifest"]
+
+
+def test_diff_of_a_checkpoint_against_a_model_factory_names_the_weight_norm_layout(files):
+    result = run("diff", "old.pt", "newnet:build", cwd=files)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0] == "newnet:build cannot load old.pt: 1 finding (36 entries in A, 36 in B)"
+    assert lines[1].startswith("  [weight_norm_layout] 24 keys: weight_norm layout differs: "
+                               "checkpoint legacy (weight_g/weight_v) in 12 modules, model "
+                               "parametrized")
+    assert "converts it inside Module.load_state_dict for 12 of 12 modules" in lines[1]
+    assert lines[2:4] == ["      {0..11}.weight_g", "      {0..11}.weight_v"]
+
+
+def test_diff_of_identical_files_is_compatible(files):
+    result = run("diff", "old.pt", "old.safetensors", cwd=files)
+    assert (result.returncode, result.stdout.strip()) == (
+        0, "compatible: old.pt and old.safetensors have the same 36 keys, shapes and dtypes")
+
+
+def test_diff_json_carries_the_findings(files):
+    result = run("diff", "old.safetensors", "newnet:build", "--json", cwd=files)
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["compatible"] is False
+    assert [f["kind"] for f in report["findings"]] == ["weight_norm_layout"]
+    assert report["findings"][0]["folded"] == ["{0..11}.weight_g", "{0..11}.weight_v"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("show", "missing.pt"), "pytest-ckpt: checkpoint missing.pt cannot be opened"),
+    (("show", "newnet.py"), "pytest-ckpt: checkpoint newnet.py is not a checkpoint"),
+    (("diff", "old.pt", "newnet:broken"),
+     "pytest-ckpt: calling newnet:broken() raised RuntimeError: no config"),
+    (("diff", "old.pt", "nosuch:build"), "pytest-ckpt: cannot import 'nosuch:build'"),
+])
+def test_bad_input_exits_2_with_one_clear_line(files, args, message):
+    result = run(*args, cwd=files)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message)
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2(files):
+    assert run("diff", "old.pt", cwd=files).returncode == 2
