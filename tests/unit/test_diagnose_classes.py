@@ -34,7 +34,8 @@ def normed(layer: nn.Module, impl: str) -> nn.Module:
     return layer
 
 
-LAYERS = {"conv1d": lambda: nn.Conv1d(4, 6, 3), "convtranspose1d": lambda: nn.ConvTranspose1d(4, 6, 3),
+LAYERS = {"conv1d": lambda: nn.Conv1d(4, 6, 3),
+          "convtranspose1d": lambda: nn.ConvTranspose1d(4, 6, 3),
           "linear": lambda: nn.Linear(4, 6)}
 
 
