@@ -2,11 +2,13 @@
 
 Each config runs in a fresh child: ``import torch``, build ``Llama(config)`` under
 ``torch.device("meta")`` (timed separately), then time the manifest work of
-``assert_manifest``: ``Manifest.from_module`` -> ``.render()`` -> ``Manifest.parse`` ->
-``diff_manifests(parsed, manifest)`` (the syrupy snapshot read is left out). ``first`` is
-the first call in the process, ``best`` the fastest of ``--repeat`` further calls. Peak RSS
-is the child's whole-process VmHWM (also shown after ``import torch`` and after the build;
-building on meta imports much of torch, e.g. sympy). Usage: python benchmarks/bench_manifest_meta.py
+``assert_manifest``: ``Manifest.from_module`` -> ``.render()`` -> ``Manifest.parse`` -> the
+diff of ``parsed`` against ``manifest`` (``ModelFacts.from_module`` + ``diagnose``, what
+``assert_manifest`` runs on a mismatch; ``diff_manifests`` in older trees). The syrupy
+snapshot read is left out. ``first`` is the first call in the process, ``best`` the fastest
+of ``--repeat`` more. Peak RSS is the child's whole-process VmHWM (also shown after
+``import torch`` and after the build, which imports much of torch, sympy included).
+Usage: python benchmarks/bench_manifest_meta.py [--repeat 5]
 """
 
 from __future__ import annotations
@@ -38,8 +40,21 @@ def child(config_name: str, repeat: int) -> dict[str, Any]:
     import_s, torch_rss = time.perf_counter() - start, status_mib("VmHWM")
     sys.path.insert(0, str(ROOT))
     from example_models.llama import Llama, LlamaConfig
-    from pytest_ckpt.diagnose import diff_manifests
+    from pytest_ckpt import diagnose as engine
     from pytest_ckpt.manifest import Manifest
+
+    try:  # the facts-aware engine; older trees have diff_manifests(reference, current)
+        from pytest_ckpt.facts import ModelFacts
+
+        def diff(parsed: Any, manifest: Any) -> list[Any]:
+            facts = ModelFacts.from_module(model)
+            return list(engine.diagnose(parsed, manifest, facts=facts,
+                                        reference_name="snapshot"))
+        api = "ModelFacts.from_module + diagnose"
+    except ImportError:
+        def diff(parsed: Any, manifest: Any) -> list[Any]:
+            return list(engine.diff_manifests(parsed, manifest))  # type: ignore[attr-defined]
+        api = "diff_manifests"
 
     config = getattr(LlamaConfig, config_name)()
     start = time.perf_counter()
@@ -52,14 +67,13 @@ def child(config_name: str, repeat: int) -> dict[str, Any]:
         manifest = Manifest.from_module(model)
         text = manifest.render()
         parsed = Manifest.parse(text)
-        findings = diff_manifests(parsed, manifest)
+        findings = diff(parsed, manifest)
         return time.perf_counter() - start, len(manifest), len(findings)
 
     first, entries, findings = assert_manifest_work()
     best = min(assert_manifest_work()[0] for _ in range(repeat))
     return {"import": import_s, "torch_rss": torch_rss, "build": build_s, "built_rss": built_rss,
-            "first": first,
-            "best": best, "entries": entries, "findings": findings,
+            "first": first, "best": best, "api": api, "entries": entries, "findings": findings,
             "params": sum(p.numel() for p in model.parameters()), "peak": status_mib("VmHWM")}
 
 
@@ -89,6 +103,7 @@ def main() -> int:
               f"{r['build']:>7.3f} {r['first']:>7.4f} {wall_ok:<4} {r['best']:>7.4f} "
               f"{r['torch_rss']:>9.0f} {r['built_rss']:>9.0f} {r['peak']:>12.0f} {rss_ok:<4} "
               f"{r['findings']:>8}")
+    print(f"timed: Manifest.from_module -> render -> Manifest.parse -> {r['api']}")
     return 0
 
 

@@ -37,8 +37,9 @@ class KeyPool:
         self.missing.difference_update(missing)
         self.unexpected.difference_update(unexpected)
         self.pairs.extend(pairs)
-        other = missing if set(finding.keys) <= set(unexpected) else unexpected
-        related = tuple(sorted(set(other) - set(finding.keys)))
+        keys = set(finding.keys)
+        other = missing if keys.issubset(unexpected) else unexpected
+        related = tuple(sorted(set(other) - keys))
         self.findings.append(replace(finding, related=related) if related else finding)
 
 
@@ -52,8 +53,8 @@ def diagnose(reference: Manifest, current: Manifest, *, facts: ModelFacts | None
     from pytest_ckpt.structure import STRUCTURE_RULES
 
     pool = KeyPool(reference, current, facts or ModelFacts(), reference_name,
-                   missing={row.key for row in current if row.key not in reference},
-                   unexpected={row.key for row in reference if row.key not in current})
+                   missing=set(current.key_set() - reference.key_set()),
+                   unexpected=set(reference.key_set() - current.key_set()))
     pool.findings += _tie_findings(reference, current, reference_name)
     pool.missing -= {key for finding in pool.findings for key in finding.keys}
     rules: list[Rule] = [*STRUCTURE_RULES[:1], *LAYOUT_RULES, *STRUCTURE_RULES[1:]]
@@ -61,8 +62,12 @@ def diagnose(reference: Manifest, current: Manifest, *, facts: ModelFacts | None
         if pool.missing or pool.unexpected:
             rule(pool)
     _generic(pool)
-    common = [(reference[row.key], row) for row in current if row.key in reference]
-    common += [(reference[old], current[new]) for old, new in pool.pairs]
+    old_rows, new_rows = reference.row_map(), current.row_map()
+    pairs = [(key, key) for key in current.key_set() & reference.key_set()] + pool.pairs
+    common = sorted(((old_rows[old], new_rows[new]) for old, new in pairs
+                     if (old_rows[old].shape, old_rows[old].dtype)
+                     != (new_rows[new].shape, new_rows[new].dtype)),
+                    key=lambda pair: pair[1].key)
     pool.findings += _shape_findings(common, reference_name)
     pool.findings += _dtype_findings(common, reference_name)
     return sort_findings(pool.findings)

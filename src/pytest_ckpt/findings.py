@@ -89,10 +89,10 @@ def _fold_position(items: set[tuple[Segment, ...]], position: int) -> set[tuple[
 
 
 def _render_segments(item: tuple[Segment, ...]) -> str:
-    return ".".join(part if isinstance(part, str) else _render_numbers(part) for part in item)
+    return ".".join(part if isinstance(part, str) else render_numbers(part) for part in item)
 
 
-def _render_numbers(numbers: frozenset[int]) -> str:
+def render_numbers(numbers: frozenset[int]) -> str:
     ordered = sorted(numbers)
     if len(ordered) == 1:
         return str(ordered[0])

@@ -35,8 +35,9 @@ _PARAMETRIZED_WN = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.original0
 def weight_norm_layouts(manifest: Manifest) -> dict[tuple[str, str], str]:
     """(module, parameter) -> ``legacy`` or ``parametrized`` for every weight-normed parameter."""
     layouts: dict[tuple[str, str], str] = {}
-    for row in manifest:
-        key = row.key
+    for key in manifest.key_set():
+        if not (key.endswith("_g") or key.endswith(".original0")):
+            continue
         match = _PARAMETRIZED_WN.match(key)
         if match and key[:-1] + "1" in manifest:
             layouts[(match.group(1) or "", match.group(2))] = PARAMETRIZED

@@ -8,7 +8,7 @@ torch is imported inside the functions that need it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, KeysView, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
@@ -76,6 +76,14 @@ class Manifest:
 
     def keys(self) -> list[str]:
         return [row.key for row in self.rows]
+
+    def row_map(self) -> Mapping[str, ManifestRow]:
+        """Key -> row (read it, do not change it)."""
+        return self._by_key
+
+    def key_set(self) -> KeysView[str]:
+        """The keys as a set-like view (fast ``-``, ``&``, ``in``)."""
+        return self._by_key.keys()
 
     @property
     def numel(self) -> int:

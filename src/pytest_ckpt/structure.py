@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 
 from pytest_ckpt.diagnose import KeyPool, Rule
-from pytest_ckpt.findings import Finding
+from pytest_ckpt.findings import Finding, fold_keys, render_numbers
 from pytest_ckpt.manifest import BUFFER
 
 MAX_PREFIX_DEPTH = 3  # a wrapper prefix has at most this many segments (module._orig_mod.)
 MAX_RENAME_KEYS = 50_000  # above this many unexplained keys the rename search is skipped
+PREFIX_SAMPLE = 2_000  # keys sampled to find candidate prefixes
 
 _ORIGINS = {
     "module.": "DataParallel / DistributedDataParallel",
@@ -25,24 +28,32 @@ def prefix_rule(pool: KeyPool) -> None:
     for added in (True, False):
         source, target = (pool.unexpected, pool.missing) if added else (pool.missing,
                                                                           pool.unexpected)
-        votes = _prefix_votes(source, target)
-        for prefix in sorted(votes, key=lambda p: (-len(votes[p]), p)):
-            pairs = [(key, rest) for key, rest in votes[prefix] if key in source and rest in target]
-            if len(pairs) < 2 and len(pairs) != len(source):
-                continue
-            _claim_prefix(pool, prefix, pairs, added)
+        if not source or not target:
+            continue
+        for prefix in _candidate_prefixes(source, target):
+            cut = len(prefix)
+            pairs = [(key, key[cut:]) for key in sorted(source)
+                     if key.startswith(prefix) and key[cut:] in target]
+            if len(pairs) >= 2 or (pairs and len(pairs) == len(source)):
+                _claim_prefix(pool, prefix, pairs, added)
 
 
-def _prefix_votes(source: set[str], target: set[str]) -> dict[str, list[tuple[str, str]]]:
-    votes: dict[str, list[tuple[str, str]]] = {}
-    for key in source:
+def _candidate_prefixes(source: set[str], target: set[str]) -> list[str]:
+    """Prefixes that map some keys of ``source`` onto ``target``, most frequent first.
+
+    Voting on an evenly spaced sample keeps this fast on 100k-key manifests; every candidate
+    is then checked against all keys.
+    """
+    ordered = sorted(source)
+    sample = ordered[:: max(1, len(ordered) // PREFIX_SAMPLE)]
+    votes: Counter[str] = Counter()
+    for key in sample:
         position, depth = key.find("."), 0
         while position != -1 and depth < MAX_PREFIX_DEPTH:
-            rest = key[position + 1 :]
-            if rest in target:
-                votes.setdefault(key[: position + 1], []).append((key, rest))
+            if key[position + 1 :] in target:
+                votes[key[: position + 1]] += 1
             position, depth = key.find(".", position + 1), depth + 1
-    return votes
+    return [prefix for prefix, _ in sorted(votes.items(), key=lambda item: (-item[1], item[0]))]
 
 
 def _claim_prefix(pool: KeyPool, prefix: str, pairs: list[tuple[str, str]],
@@ -59,8 +70,8 @@ def _claim_prefix(pool: KeyPool, prefix: str, pairs: list[tuple[str, str]],
         hint = (f"the model's keys carry the prefix '{prefix}'{why} that the {pool.name}'s do "
                 f"not; load into the unwrapped module, or add the prefix")
         mapping = [(rest, key) for key, rest in pairs]
-    example = min(mapping)
-    pool.claim(Finding("prefix", tuple(sorted(old for old, _ in mapping)), hint,
+    example = mapping[0]
+    pool.claim(Finding("prefix", tuple(old for old, _ in mapping), hint,
                        (f"{len(mapping)} keys, e.g. {example[0]} -> {example[1]}",)),
                missing=(new for _, new in mapping), unexpected=(old for old, _ in mapping),
                pairs=mapping)
@@ -88,8 +99,13 @@ def buffer_rule(pool: KeyPool) -> None:
 
 
 def rename_rule(pool: KeyPool) -> None:
-    """Missing/unexpected pairs that differ in one path segment, with equal shapes and dtypes."""
-    if len(pool.missing) + len(pool.unexpected) > MAX_RENAME_KEYS:
+    """Missing/unexpected pairs that differ in one path segment, with equal shapes and dtypes.
+
+    Renames repeated in every layer (``layers.{0..31}.q`` -> ``layers.{0..31}.query``) are
+    reported once.
+    """
+    if not pool.missing or not pool.unexpected or (
+            len(pool.missing) + len(pool.unexpected) > MAX_RENAME_KEYS):
         return
     groups = _rename_candidates(pool)
     by_old: dict[tuple[str, str], set[str]] = {}
@@ -97,23 +113,55 @@ def rename_rule(pool: KeyPool) -> None:
     for (base, old, new) in groups:
         by_old.setdefault((base, old), set()).add(new)
         by_new.setdefault((base, new), set()).add(old)
-    ambiguous = []
+    ambiguous: list[str] = []
+    renames: dict[tuple[str, str, str], dict[str, list[tuple[str, str]]]] = {}
     for (base, old, new), pairs in sorted(groups.items()):
         if len(by_old[(base, old)]) > 1 or len(by_new[(base, new)]) > 1:
             choices = " or ".join(sorted(by_old[(base, old)]))
             ambiguous.append(f"{_join(base, old)} could be {choices}")
-            continue
-        pool.claim(Finding(
-            "rename", tuple(sorted(old_key for old_key, _ in pairs)),
-            f"{_join(base, old)}.* in the {pool.name} is {_join(base, new)}.* in the model "
-            "(same shapes and dtypes): rename the attribute back, or map the old keys in the "
-            "load path", (f"{_join(base, old)} -> {_join(base, new)}: {len(pairs)} keys",)),
-            missing=(new_key for _, new_key in pairs),
-            unexpected=(old_key for old_key, _ in pairs), pairs=pairs)
+        else:
+            renames.setdefault((_skeleton(base), old, new), {})[base] = pairs
+    for (_, old, new), by_base in renames.items():
+        _claim_rename(pool, list(by_base), old, new,
+                      [pair for pairs in by_base.values() for pair in pairs])
     if ambiguous:
         pool.findings.append(Finding(
             "rename", (), "ambiguous renames (several same-shaped candidates), not applied",
             tuple(dict.fromkeys(ambiguous))))
+
+
+def _claim_rename(pool: KeyPool, bases: list[str], old: str, new: str,
+                  pairs: list[tuple[str, str]]) -> None:
+    before = _folded_one(_join(base, old) for base in bases)
+    after = _folded_one(_join(base, new) for base in bases)
+    pool.claim(Finding(
+        "rename", tuple(sorted(old_key for old_key, _ in pairs)),
+        f"{before}.* in the {pool.name} is {after}.* in the model (same shapes and dtypes): "
+        "rename the attribute back, or map the old keys in the load path",
+        (f"{before} -> {after}: {len(pairs)} keys",)),
+        missing=(new_key for _, new_key in pairs),
+        unexpected=(old_key for old_key, _ in pairs), pairs=pairs)
+
+
+def _folded_one(names: Iterable[str]) -> str:
+    """One display line for names that share a skeleton (``layers.{0..31}.q``)."""
+    split = [name.split(".") for name in names]
+    numbers: dict[int, set[int]] = {}
+    for parts in split:
+        for position, part in enumerate(parts):
+            if part.isascii() and part.isdigit() and part == str(int(part)):
+                numbers.setdefault(position, set()).add(int(part))
+    if math.prod(len(values) for values in numbers.values()) == len(split):
+        first = split[0]
+        return ".".join(render_numbers(frozenset(numbers[i])) if i in numbers else part
+                        for i, part in enumerate(first))
+    folded = fold_keys(".".join(parts) for parts in split)
+    return folded[0] if len(folded) == 1 else f"{folded[0]} (and {len(folded) - 1} more)"
+
+
+def _skeleton(base: str) -> str:
+    return ".".join("#" if part.isascii() and part.isdigit() else part
+                    for part in base.split("."))
 
 
 def _rename_candidates(pool: KeyPool) -> dict[tuple[str, str, str], list[tuple[str, str]]]:
@@ -143,33 +191,53 @@ def _join(base: str, segment: str) -> str:
 
 
 def component_rule(pool: KeyPool) -> None:
-    """Whole submodules absent from one side, one finding per component."""
-    for keys, side in ((pool.missing, "model"), (pool.unexpected, pool.name)):
+    """Whole submodules absent from one side: one finding per component (or per family of
+    components that differ only in a layer index)."""
+    for side in ("model", pool.name):
+        keys = pool.missing if side == "model" else pool.unexpected
         everything = pool.current.keys() if side == "model" else pool.reference.keys()
-        for component, members in sorted(_components(keys, everything).items()):
-            other = pool.name if side == "model" else "model"
-            kind = "missing_component" if side == "model" else "unexpected"
-            hint = (f"component `{component}` ({len(members)} tensors) of the {side} is absent "
-                    f"from the {other}")
-            if kind == "missing_component":
-                hint += " (a partial checkpoint, e.g. a fine-tune that saved only what it trained)"
-                pool.claim(Finding(kind, tuple(members), hint), missing=members)
-            else:
-                pool.claim(Finding(kind, tuple(members), hint), unexpected=members)
+        families: dict[str, dict[str, list[str]]] = {}
+        for component, members in _components(keys, everything).items():
+            families.setdefault(_skeleton(component), {})[component] = members
+        for family in sorted(families.values(), key=lambda f: min(f)):
+            _claim_component(pool, side, family)
+
+
+def _claim_component(pool: KeyPool, side: str, family: dict[str, list[str]]) -> None:
+    members = sorted(key for keys in family.values() for key in keys)
+    names = fold_keys(family)
+    shown = names[0] if len(names) == 1 else f"{names[0]} (and {len(names) - 1} more)"
+    count = f"{len(members)} tensors" if len(family) == 1 else (
+        f"{len(family)} components, {len(members)} tensors")
+    if side == "model":
+        pool.claim(Finding("missing_component", tuple(members),
+                           f"component `{shown}` ({count}) of the model is absent from the "
+                           f"{pool.name} (a partial checkpoint, e.g. a fine-tune that saved "
+                           "only what it trained)"), missing=members)
+    else:
+        pool.claim(Finding("unexpected", tuple(members),
+                           f"component `{shown}` ({count}) of the {pool.name} is absent from "
+                           "the model"), unexpected=members)
 
 
 def _components(keys: set[str], everything: Iterable[str]) -> dict[str, list[str]]:
-    """Group ``keys`` by the shortest prefix all of whose keys are in ``keys``."""
-    wanted = Counter(prefix for key in keys for prefix in _prefixes(key))
-    total = Counter(prefix for key in everything for prefix in _prefixes(key) if prefix in wanted)
+    """Group ``keys`` by the shortest prefix all of whose keys (in ``everything``) are in
+    ``keys``; keys under one prefix are contiguous in sorted order, so counting is a bisect."""
+    wanted, present = sorted(keys), sorted(everything)
     components: dict[str, list[str]] = {}
-    for key in keys:
+    index = 0
+    while index < len(wanted):
+        key = wanted[index]
         for prefix in _prefixes(key):
-            if wanted[prefix] == total[prefix]:
-                components.setdefault(prefix, []).append(key)
+            inside = _count_under(wanted, prefix)
+            if inside >= 2 and inside == _count_under(present, prefix):
+                start = bisect_left(wanted, prefix + ".")
+                components[prefix] = wanted[start : start + inside]
+                index = start + inside
                 break
-    return {prefix: sorted(members) for prefix, members in components.items()
-            if len(members) >= 2}
+        else:
+            index += 1
+    return components
 
 
 def _prefixes(key: str) -> Iterable[str]:
@@ -177,6 +245,10 @@ def _prefixes(key: str) -> Iterable[str]:
     while position != -1:
         yield key[:position]
         position = key.find(".", position + 1)
+
+
+def _count_under(ordered: list[str], prefix: str) -> int:
+    return bisect_left(ordered, prefix + "/") - bisect_left(ordered, prefix + ".")
 
 
 STRUCTURE_RULES: list[Rule] = [prefix_rule, buffer_rule, rename_rule, component_rule]
