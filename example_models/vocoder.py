@@ -20,6 +20,7 @@ __all__ = [
     "VocoderConfig",
     "apply_weight_norm",
     "remove_weight_norm",
+    "tiny_vocoder",
 ]
 
 WEIGHT_NORM_IMPLS = ("parametrized", "legacy", "none")
@@ -155,3 +156,8 @@ class Vocoder(nn.Module):
             x = torch.stack([block(x) for block in blocks]).mean(dim=0)
         x = self.conv_post(F.leaky_relu(x))
         return torch.tanh(x)
+
+
+def tiny_vocoder() -> Vocoder:
+    """The tiny vocoder: a factory for ``pytest-ckpt diff FILE module:factory``."""
+    return Vocoder(VocoderConfig.tiny())

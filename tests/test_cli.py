@@ -69,7 +69,8 @@ def test_diff_of_a_checkpoint_against_a_model_factory_names_the_weight_norm_layo
     result = run("diff", "old.pt", "newnet:build", cwd=files)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert lines[0] == "newnet:build cannot load old.pt: 1 finding (36 entries in A, 36 in B)"
+    assert lines[0] == ("old.pt (A) and newnet:build (B) differ: 1 finding "
+                        "(36 entries in A, 36 in B)")
     assert lines[1].startswith("  [weight_norm_layout] 24 keys: weight_norm layout differs: "
                                "checkpoint legacy (weight_g/weight_v) in 12 modules, model "
                                "parametrized")

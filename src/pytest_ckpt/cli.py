@@ -112,7 +112,8 @@ def _diff(a: str, b: str, *, as_json: bool) -> int:
                           "findings": [finding.to_json() for finding in findings]}, indent=2))
     elif findings:
         print(render_failure(
-            f"{b} cannot load {a}: {len(findings)} finding{'s' if len(findings) > 1 else ''} "
+            f"{a} (A) and {b} (B) differ: {len(findings)} "
+            f"finding{'s' if len(findings) > 1 else ''} "
             f"({len(reference.manifest)} entries in A, {len(current.manifest)} in B)",
             findings, "fix: apply the hints above in the load path, or restore the old layout",
             color=sys.stdout.isatty()))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from pytest_ckpt.diagnose import KeyPool, Rule
-from pytest_ckpt.findings import Finding
+from pytest_ckpt.findings import Finding, fold_keys
 from pytest_ckpt.manifest import Manifest
 
 LEGACY, PARAMETRIZED, REMOVED = "legacy", "parametrized", "removed"
@@ -71,8 +71,7 @@ def weight_norm_rule(pool: KeyPool) -> None:
         new_keys = [key for site in sites for key in weight_norm_keys(*site, new)]
         pool.claim(Finding("weight_norm_layout", tuple(sorted(old_keys)),
                            _weight_norm_hint(pool, old, new, sites),
-                           (f"modules: {', '.join(s[0] or '<root>' for s in sites[:6])}"
-                            + (" ..." if len(sites) > 6 else ""),)),
+                           (f"modules: {', '.join(fold_keys(s[0] or '<root>' for s in sites))}",)),
                    missing=new_keys, unexpected=old_keys)
 
 
