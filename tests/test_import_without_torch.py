@@ -52,3 +52,12 @@ def test_a_run_without_ckpt_features_does_not_import_torch(pytester: pytest.Pyte
     result = pytester.runpytest_subprocess("--snapshot-update", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     assert "ckpt" in result.stdout.str()  # the plugin was loaded (listed in the header)
+
+
+def test_public_names_load_on_first_use_and_match_all():
+    import pytest_ckpt
+
+    assert {name: getattr(pytest_ckpt, name).__name__ for name in pytest_ckpt.__all__} == {
+        name: name for name in pytest_ckpt.__all__}
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        pytest_ckpt.nope  # noqa: B018

@@ -1,21 +1,45 @@
 """pytest-ckpt: checkpoint compatibility as a tested property of PyTorch projects.
 
-Importing this package never imports torch; torch is imported where a ckpt feature runs.
+Importing this package imports nothing else (the pytest plugin module ``pytest_ckpt.plugin``
+is imported on every pytest start); the public names below load on first use, and torch is
+imported only where a ckpt feature runs.
 """
 
 from __future__ import annotations
 
-from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
-from pytest_ckpt.findings import Finding, fold_keys, render_failure
-from pytest_ckpt.manifest import Manifest, ManifestRow
+import importlib
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
+    from pytest_ckpt.facts import ModelFacts
+    from pytest_ckpt.findings import Finding, fold_keys, render_failure
+    from pytest_ckpt.manifest import Manifest, ManifestRow
+
+_PUBLIC = {
+    "CheckpointReadError": "pytest_ckpt.errors",
+    "CkptUsageError": "pytest_ckpt.errors",
+    "Finding": "pytest_ckpt.findings",
+    "Manifest": "pytest_ckpt.manifest",
+    "ManifestRow": "pytest_ckpt.manifest",
+    "ModelFacts": "pytest_ckpt.facts",
+    "fold_keys": "pytest_ckpt.findings",
+    "render_failure": "pytest_ckpt.findings",
+}
 __all__ = [
     "CheckpointReadError",
     "CkptUsageError",
     "Finding",
     "Manifest",
     "ManifestRow",
+    "ModelFacts",
     "fold_keys",
     "render_failure",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'pytest_ckpt' has no attribute {name!r}")
