@@ -48,12 +48,15 @@ def run_once(args: tuple[str, ...], cwd: Path, env: Env) -> Sample:
 
 
 def imported_modules(args: tuple[str, ...], cwd: Path, env: Env) -> set[str]:
-    """Top-level names of the modules imported by one run, from ``-X importtime``."""
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "pytest", *args],
-                            cwd=cwd, env=env, check=True, capture_output=True, text=True)
-    return {line.rsplit("|", 1)[1].strip().split(".")[0]
-            for line in result.stderr.splitlines()
-            if line.startswith("import time:") and line.count("|") == 2}
+    """Top-level names of the modules in ``sys.modules`` after one in-process pytest run
+    (``-X importtime`` does not list modules that entry points import)."""
+    probe = ("import sys, pytest\n"
+             f"pytest.main({list(args)!r})\n"
+             "print('MODULES', ' '.join(sorted({name.split('.')[0] for name in sys.modules})))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=env, check=True,
+                            capture_output=True, text=True)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("MODULES "))
+    return set(line.split()[1:])
 
 
 IMPORT_PROBE = ("import time, pytest; start = time.perf_counter(); import pytest_ckpt.plugin; "

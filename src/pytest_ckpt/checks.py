@@ -205,7 +205,8 @@ def _fix_for(findings: list[Finding], update_command: str) -> str:
     for finding in findings:
         if finding.kind in _FIXES:
             return _FIXES[finding.kind].format(update=update_command)
-    return f"if this change is intended, run: {update_command}"
+    return (f"fix: keep published checkpoints loading as the hints say; if this change is "
+            f"intended, run: {update_command}")
 
 
 def _relative(path: Path) -> str:

@@ -76,7 +76,7 @@ def run_roundtrip(source: torch.nn.Module, make_target: Callable[[], torch.nn.Mo
     expected_outputs = _outputs(source, inputs, "the model returned by the test")
     outcomes = []
     for name in spec.formats:
-        target = make_target() if make_target is not None else copy.deepcopy(source)
+        target = make_target() if make_target is not None else poisoned_copy(source)
         if not isinstance(target, torch.nn.Module):
             raise CkptUsageError(f"the target factory returned {type(target).__name__}, "
                                  "not a torch.nn.Module")
@@ -125,10 +125,28 @@ def _prepare_target(target: torch.nn.Module,
     for key, tensor in state.items():
         reference = source_state.get(key)
         if isinstance(tensor, torch.Tensor) and isinstance(reference, torch.Tensor) \
+                and bitwise_equal(fingerprint(tensor), fingerprint(reference)) \
                 and bitwise_equal(tensor, reference):
             poison_(tensor)
     return {key: fingerprint(tensor) for key, tensor in state.items()
             if isinstance(tensor, torch.Tensor)}
+
+
+def poisoned_copy(source: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy whose saved tensors are fresh, poisoned storage (not copies of the values);
+    ties are kept, non-persistent buffers are copied as they are."""
+    import torch
+
+    memo: dict[int, Any] = {}
+    for tensor in source.state_dict(keep_vars=True).values():
+        if not isinstance(tensor, torch.Tensor) or id(tensor) in memo:
+            continue
+        fresh = torch.empty_like(tensor)
+        poison_(fresh)
+        if isinstance(tensor, torch.nn.Parameter):
+            fresh = torch.nn.Parameter(fresh, requires_grad=tensor.requires_grad)
+        memo[id(tensor)] = fresh
+    return copy.deepcopy(source, memo)
 
 
 def _value_findings(expected: dict[str, Any], actual: dict[str, Any],
