@@ -6,6 +6,7 @@ import math
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
+from operator import attrgetter
 
 from pytest_ckpt.diagnose import KeyPool, Rule
 from pytest_ckpt.findings import Finding, fold_keys, render_numbers
@@ -170,20 +171,24 @@ def _rename_candidates(pool: KeyPool) -> dict[tuple[str, str, str], list[tuple[s
         for position, base, rest, segment in _splits(key):
             index.setdefault((position, base, rest), []).append((segment, key))
     groups: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
+    old_rows, new_rows = pool.reference.row_map(), pool.current.row_map()
+    signature = attrgetter("shape", "dtype")
     for key in pool.unexpected:
+        old = signature(old_rows[key])
         for position, base, rest, segment in _splits(key):
             for new_segment, new_key in index.get((position, base, rest), ()):
-                old, new = pool.reference[key], pool.current[new_key]
-                if (old.shape, old.dtype) == (new.shape, new.dtype):
+                if old == signature(new_rows[new_key]):
                     groups.setdefault((base, segment, new_segment), []).append((key, new_key))
     return groups
 
 
 def _splits(key: str) -> Iterable[tuple[int, str, str, str]]:
-    parts = key.split(".")
-    for position in range(len(parts)):
-        yield (position, ".".join(parts[:position]), ".".join(parts[position + 1 :]),
-               parts[position])
+    """(position, the part before segment, the part after it, segment) for every segment."""
+    start = 0
+    for position, segment in enumerate(key.split(".")):
+        end = start + len(segment)
+        yield position, key[: max(start - 1, 0)], key[end + 1 :], segment
+        start = end + 1
 
 
 def _join(base: str, segment: str) -> str:
