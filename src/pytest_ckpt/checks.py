@@ -38,6 +38,8 @@ _FIXES = {
     "output": "fix: the loaded model must compute the same function: check buffers that are "
               "not saved (persistent=False) and code that depends on load order",
     "unsafe_pickle": "fix: save plain tensors and containers only, so weights_only=True loads it",
+    "weight_norm_layout": "fix: see the fix line of each layout above, or narrow the check "
+                          "with weight_norm=(...) / loaders=(...)",
 }
 
 
@@ -90,11 +92,12 @@ class CheckpointChecks:
                   factory: Callable[[], torch.nn.Module] | None = None,
                   formats: Any = ("torch",), inputs: Callable[[], Any] | None = None,
                   load: Callable[..., Any] | None = None, snapshot: bool = True,
-                  name: str | None = None) -> list[FormatOutcome]:
+                  name: str | None = None, weight_norm: Any = "auto",
+                  loaders: Any = ("load_state_dict",)) -> list[FormatOutcome]:
         """Run the round-trip contract; fail with the findings of every failing format."""
         __tracebackhide__ = True
         spec = RoundtripSpec(formats=self._usage(formats_option, formats), inputs=inputs,
-                             load=load)
+                             load=load, weight_norm=weight_norm, loaders=loaders)
         self._roundtrips += 1
         directory = self._tmp_path / f"ckpt-roundtrip-{self._roundtrips}"
         directory.mkdir()
@@ -133,6 +136,9 @@ class CheckpointChecks:
         kinds = ", ".join(dict.fromkeys(finding.kind for finding in outcome.findings))
         headline = (f"checkpoint round-trip of {type(model).__name__} through "
                     f"'{outcome.format}' failed: {outcome.error or kinds}")
+        if outcome.format == "weight_norm":
+            headline = (f"weight_norm layouts of {type(model).__name__}: published checkpoints "
+                        "in some layouts do not load")
         fix = _fix_for(list(outcome.findings), self.update_command)
         return render_failure(headline, outcome.findings, fix, color=self._color)
 

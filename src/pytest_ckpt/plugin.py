@@ -20,7 +20,7 @@ _CHECKS = pytest.StashKey["CheckpointChecks"]()
 _COLLISIONS = pytest.StashKey["dict[str, list[str]]"]()
 
 MARKER = "ckpt_roundtrip"
-MARKER_OPTIONS = ("formats", "inputs", "load", "snapshot", "name")
+MARKER_OPTIONS = ("formats", "inputs", "load", "snapshot", "name", "weight_norm", "loaders")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -35,7 +35,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(formats=('torch',), inputs=None, load=None, snapshot=True, name=None): "
+        f"{MARKER}(formats=('torch',), inputs=None, load=None, snapshot=True, name=None, "
+        "weight_norm='auto', loaders=('load_state_dict',)): "
         "the test returns a model; pytest-ckpt saves it, loads it into a fresh instance "
         "(the test called again) and requires identical keys, values and outputs")
 

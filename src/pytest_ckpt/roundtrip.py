@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,8 @@ class RoundtripSpec:
     formats: tuple[str, ...] = ("torch",)
     inputs: Callable[[], Any] | None = None
     load: LoadFn | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    weight_norm: Any = "auto"  # "auto", False, or layouts that must load (layout_check.py)
+    loaders: tuple[str, ...] = ("load_state_dict",)
 
 
 def default_load(target: torch.nn.Module, state: dict[str, Any]) -> Any:
@@ -64,14 +65,19 @@ def default_load(target: torch.nn.Module, state: dict[str, Any]) -> Any:
 
 def run_roundtrip(source: torch.nn.Module, make_target: Callable[[], torch.nn.Module] | None,
                   spec: RoundtripSpec, directory: Path) -> list[FormatOutcome]:
-    """Run the contract once per format; ``make_target`` ``None`` means a poisoned copy."""
+    """Run the contract once per format, then the weight_norm layout check; ``make_target``
+    ``None`` means a poisoned copy."""
     import torch
+
+    from pytest_ckpt.layout_check import layouts_option, loaders_option
 
     if not isinstance(source, torch.nn.Module):
         raise CkptUsageError(f"expected a torch.nn.Module to round-trip, got "
                              f"{type(source).__name__}")
     for name in spec.formats:
         get_format(name)  # unknown names fail before any work
+    layouts = layouts_option(spec.weight_norm, source)
+    loaders = loaders_option(spec.loaders)
     inputs = _make_inputs(spec.inputs)
     expected_outputs = _outputs(source, inputs, "the model returned by the test")
     outcomes = []
@@ -84,7 +90,32 @@ def run_roundtrip(source: torch.nn.Module, make_target: Callable[[], torch.nn.Mo
         outcomes.append(_roundtrip_one(source, target, name, path, spec, inputs,
                                        expected_outputs))
         del target
+    if layouts:
+        outcomes.append(_layout_outcome(source, make_target, spec, layouts, loaders, inputs,
+                                        directory))
     return outcomes
+
+
+def _layout_outcome(source: torch.nn.Module, make_target: Callable[[], torch.nn.Module] | None,
+                    spec: RoundtripSpec, layouts: tuple[str, ...], loaders: tuple[str, ...],
+                    inputs: Any, directory: Path) -> FormatOutcome:
+    import torch
+
+    from pytest_ckpt.layout_check import check_layouts
+
+    def fresh() -> torch.nn.Module:
+        return make_target() if make_target is not None else poisoned_copy(source)
+
+    def on_meta() -> torch.nn.Module:
+        if make_target is None:
+            return poisoned_copy(source).to("meta")
+        with torch.device("meta"):
+            return make_target()
+
+    findings = check_layouts(source, fresh, on_meta, layouts, loaders, spec.load,
+                             lambda model: _outputs(model, inputs, "the target"),
+                             directory / "weight_norm")
+    return FormatOutcome("weight_norm", directory / "weight_norm", tuple(findings))
 
 
 def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, path: Path,
