@@ -100,7 +100,20 @@ class Manifest:
     def render(self) -> str:
         """A stable, sorted text with one row per line; :func:`parse` reads it back."""
         summary = f"{HEADER}: {len(self.rows)} entries, {self.numel:,} elements"
-        return "\n".join([summary, *(_render_row(row) for row in self.rows)]) + "\n"
+        return "\n".join([summary, *self._layout_notes(), *(_render_row(row) for row in self.rows)]
+                         ) + "\n"
+
+    def _layout_notes(self) -> list[str]:
+        """``# weight_norm <layout>: <modules>`` lines, derived from the keys (parse skips
+        them), so a snapshot shows which implementation each module uses."""
+        from pytest_ckpt.findings import fold_keys
+        from pytest_ckpt.layouts import weight_norm_layouts
+
+        by_layout: dict[str, list[str]] = {}
+        for (module, name), layout in weight_norm_layouts(self).items():
+            by_layout.setdefault(layout, []).append(f"{module}.{name}" if module else name)
+        return [f"# weight_norm {layout}: {', '.join(fold_keys(paths))}"
+                for layout, paths in sorted(by_layout.items())]
 
     @classmethod
     def parse(cls, text: str) -> Manifest:
