@@ -8,7 +8,31 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch  # noqa: F401  # imported once here: pytester's in-process runs cannot re-import it
+import torch
+
+
+def _import_lazy_torch_modules() -> None:
+    """pytester's in-process runs drop modules first imported inside them, and torch cannot
+    import some twice (operator libraries register once). Building on the meta device and a
+    torch.distributed.checkpoint round-trip import those lazily, so do both here, once."""
+    import tempfile
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.nn.utils.weight_norm(torch.nn.Linear(2, 2))(torch.zeros(1, 2))
+        torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(2, 2))(torch.zeros(1, 2))
+        torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(2, 2))
+    with tempfile.TemporaryDirectory() as directory, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state = {"w": torch.zeros(2)}
+        dcp.save(state, checkpoint_id=directory)
+        dcp.load(state, checkpoint_id=directory)
+
+
+_import_lazy_torch_modules()
 
 ROOT = Path(__file__).resolve().parent.parent
 

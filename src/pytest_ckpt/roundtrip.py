@@ -177,6 +177,10 @@ def poisoned_copy(source: torch.nn.Module) -> torch.nn.Module:
         if isinstance(tensor, torch.nn.Parameter):
             fresh = torch.nn.Parameter(fresh, requires_grad=tensor.requires_grad)
         memo[id(tensor)] = fresh
+    for module in source.modules():  # legacy weight_norm keeps a computed, non-leaf `weight`
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo.setdefault(id(value), value.detach().clone())
     return copy.deepcopy(source, memo)
 
 
