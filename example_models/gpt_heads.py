@@ -86,7 +86,9 @@ class CausalSelfAttention(nn.Module):
         return x.view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        q = self._heads(self.q_proj(x))
+        k = self._heads(self.k_proj(x))
+        v = self._heads(self.v_proj(x))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         merged: Tensor = self.o_proj(out.transpose(1, 2).flatten(-2))
         return merged
