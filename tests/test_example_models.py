@@ -37,7 +37,8 @@ def test_switching_the_vocoder_to_legacy_weight_norm_is_caught(example_project):
     source = example_project.path / "example_models" / "vocoder.py"
     text = source.read_text()
     assert 'weight_norm: str = "parametrized"' in text
-    source.write_text(text.replace('weight_norm: str = "parametrized"', 'weight_norm: str = "legacy"'))
+    source.write_text(text.replace('weight_norm: str = "parametrized"',
+                                   'weight_norm: str = "legacy"'))
     result = example_project.runpytest("example_models/test_vocoder.py")
     result.stdout.fnmatch_lines(lines(
         "  [weight_norm_layout] 40 keys: weight_norm layout differs: snapshot parametrized "
