@@ -16,11 +16,17 @@ from pytest_ckpt.findings import Finding, render_failure
 from pytest_ckpt.formats import read_checkpoint_manifest
 from pytest_ckpt.manifest import Manifest, ManifestParseError
 from pytest_ckpt.roundtrip import FormatOutcome, RoundtripSpec, formats_option, run_roundtrip
-from pytest_ckpt.snapshots import compare_with_snapshot, manifest_assertion
+from pytest_ckpt.snapshots import (
+    SchemaSnapshotExtension,
+    compare_with_snapshot,
+    manifest_assertion,
+)
 
 if TYPE_CHECKING:
     import torch
     from syrupy.assertion import SnapshotAssertion
+
+    from pytest_ckpt.schema import Schema
 
 UPDATE_FLAG = "--ckpt-snapshot-update"
 TARGET_SEED = 0x5EED  # the second call of a marked test builds its target under this seed
@@ -38,6 +44,8 @@ _FIXES = {
     "output": "fix: the loaded model must compute the same function: check buffers that are "
               "not saved (persistent=False) and code that depends on load order",
     "unsafe_pickle": "fix: save plain tensors and containers only, so weights_only=True loads it",
+    "training_state": "fix: restore the entries the resume path needs, or make it tolerate "
+                      "their absence; if this change is intended, run: {update}",
     "weight_norm_layout": "fix: see the fix line of each layout above, or narrow the check "
                           "with weight_norm=(...) / loaders=(...)",
 }
@@ -54,13 +62,16 @@ class CkptSessionState:
 
 @final
 class CheckpointChecks:
-    """The ``ckpt`` fixture: ``roundtrip``, ``assert_manifest``."""
+    """The ``ckpt`` fixture: ``roundtrip``, ``assert_manifest``, ``assert_schema``."""
 
     def __init__(self, *, nodeid: str, snapshot: SnapshotAssertion, tmp_path: Path,
                  state: CkptSessionState, color: bool = False) -> None:
         self._nodeid = nodeid
-        self._assertion = manifest_assertion(snapshot, update=state.update or bool(
-            getattr(snapshot.session.pytest_session.config.option, "update_snapshots", False)))
+        update = state.update or bool(
+            getattr(snapshot.session.pytest_session.config.option, "update_snapshots", False))
+        self._assertion = manifest_assertion(snapshot, update=update)
+        self._schema_assertion = manifest_assertion(snapshot, update=update,
+                                                    extension=SchemaSnapshotExtension)
         self._tmp_path = tmp_path
         self._state = state
         self._color = color
@@ -87,6 +98,44 @@ class CheckpointChecks:
         else:
             self._fail(self._snapshot_message(result.stored, manifest, location, facts))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def assert_schema(self, checkpoint: Mapping[str, Any] | str | Path, *,
+                      name: str | None = None) -> Schema:
+        """Compare a checkpoint's container schema (keys and types, never values) with its
+        stored snapshot; drift is reported as ``training_state`` findings."""
+        __tracebackhide__ = True
+        from pytest_ckpt.schema import Schema, diff_schemas
+
+        schema = Schema.of(self._loaded(checkpoint))
+        location = self._claim(name, self._schema_assertion)
+        result = compare_with_snapshot(self._schema_assertion, schema.render(), name)
+        if result.matched:
+            return schema
+        if result.stored is None:
+            self._fail(f"no schema snapshot for this test yet ({_relative(location)})\n"
+                       f"create it with: {self.update_command}")
+        try:
+            reference = Schema.parse(result.stored or "")
+        except ManifestParseError as error:
+            self._fail(f"schema snapshot {_relative(location)} is corrupt: {error}\n"
+                       f"rewrite it with: {self.update_command}")
+        findings = diff_schemas(reference, schema) or [
+            Finding("training_state", (), "schema text differs (formatting only)")]
+        self._fail(render_failure(f"checkpoint schema differs from snapshot "
+                                  f"{_relative(location)}", findings,
+                                  _fix_for(findings, self.update_command), color=self._color))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _loaded(self, checkpoint: Any) -> Any:
+        __tracebackhide__ = True
+        if isinstance(checkpoint, (str, Path)):
+            from pytest_ckpt.formats.torch_zip import load_weights_only
+
+            try:
+                return load_weights_only(Path(checkpoint))
+            except CheckpointReadError as error:
+                self._fail(str(error))
+        return checkpoint
 
     def roundtrip(self, model: torch.nn.Module, *,
                   factory: Callable[[], torch.nn.Module] | None = None,
@@ -174,11 +223,11 @@ class CheckpointChecks:
                    f"checkpoint path, got {type(obj).__name__}")
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _claim(self, name: str | None) -> Path:
+    def _claim(self, name: str | None, assertion: SnapshotAssertion | None = None) -> Path:
         __tracebackhide__ = True
         from pytest_ckpt.snapshots import snapshot_location
 
-        location = snapshot_location(self._assertion, name)
+        location = snapshot_location(assertion or self._assertion, name)
         others = self._state.collisions.get(self._nodeid, []) if name is None else []
         owner = self._state.claimed.setdefault(location, self._nodeid)
         if owner != self._nodeid:

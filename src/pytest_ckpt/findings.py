@@ -46,7 +46,8 @@ class Finding:
 
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
-    return sorted(findings, key=lambda finding: (_ORDER[finding.kind], finding.keys))
+    return sorted(findings, key=lambda finding: (_ORDER[finding.kind], not finding.keys,
+                                                 finding.keys))
 
 
 # -- folding -----------------------------------------------------------------------------

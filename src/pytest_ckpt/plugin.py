@@ -74,7 +74,7 @@ def _session_state(config: pytest.Config) -> CkptSessionState:
 
 @pytest.fixture
 def ckpt(request: pytest.FixtureRequest, snapshot: Any, tmp_path: Any) -> CheckpointChecks:
-    """Checkpoint checks for this test: ``roundtrip``, ``assert_manifest``."""
+    """Checkpoint checks for this test: ``roundtrip``, ``assert_manifest``, ``assert_schema``."""
     from pytest_ckpt.checks import CheckpointChecks
 
     color = request.config.get_terminal_writer().hasmarkup

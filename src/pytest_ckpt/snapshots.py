@@ -60,11 +60,19 @@ class SnapshotComparison:
     written: bool
 
 
-def manifest_assertion(base: SnapshotAssertion, *, update: bool) -> SnapshotAssertion:
-    """A syrupy assertion for manifest snapshots sharing the test's syrupy session."""
+class SchemaSnapshotExtension(ManifestSnapshotExtension):
+    """``__snapshots__/<test file>/<test name>.schema.txt``: checkpoint container schemas."""
+
+    file_extension = "schema.txt"
+
+
+def manifest_assertion(base: SnapshotAssertion, *, update: bool,
+                       extension: type[ManifestSnapshotExtension] = ManifestSnapshotExtension,
+                       ) -> SnapshotAssertion:
+    """A syrupy assertion for this plugin's snapshots, sharing the test's syrupy session."""
     return SnapshotAssertion(
         update_snapshots=update,
-        extension_class=ManifestSnapshotExtension,
+        extension_class=extension,
         test_location=base.test_location,
         session=base.session,
     )

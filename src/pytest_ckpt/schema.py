@@ -1,0 +1,168 @@
+"""The container schema of a training checkpoint: nested keys and value types down to tensors
+(dtype and shape, never values), rendered one ``path: type`` row per line, and its diff.
+
+A model state_dict inside the container is one row (``state_dict (60 tensors, ...)``; its
+keys are the manifest's business). Entries of int-keyed dicts (an optimizer's per-parameter
+``state``) are summarised once under ``[*]``, without shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, final
+
+from pytest_ckpt.findings import Finding
+from pytest_ckpt.manifest import ManifestParseError, escape_key, unescape_key
+
+HEADER = "# pytest-ckpt schema v1"
+MAX_LISTED = 8  # longer homogeneous sequences are one row ("list[int] of 12")
+TRAINING_KEYS = ("optimizer", "optimizer_state_dict", "scheduler", "lr_scheduler", "global_step",
+                 "step", "epoch", "scaler", "rng", "rng_state")
+
+
+@final
+@dataclass(frozen=True)
+class Schema:
+    """``path -> type`` rows of a checkpoint container, and where its weights sit."""
+
+    rows: tuple[tuple[str, str], ...]
+    container: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", tuple(sorted(self.rows)))
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.rows)
+
+    def render(self) -> str:
+        lines = [HEADER, f"# container: {self.container}"]
+        lines += [f"{path}: {kind}" for path, kind in self.rows]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def parse(cls, text: str) -> Schema:
+        lines = text.splitlines()
+        if not lines or lines[0] != HEADER:
+            raise ManifestParseError(f"not a pytest-ckpt schema (expected {HEADER!r})")
+        container = lines[1].removeprefix("# container: ") if len(lines) > 1 else ""
+        rows = []
+        for number, line in enumerate(lines[2:], start=3):
+            path, separator, kind = line.partition(": ")
+            if not separator:
+                raise ManifestParseError(f"line {number}: expected 'path: type': {line!r}")
+            rows.append((path, kind))
+        return cls(tuple(rows), container)
+
+    @classmethod
+    def of(cls, checkpoint: Any) -> Schema:
+        """The schema of a loaded checkpoint (any nesting of dicts, lists and tensors)."""
+        from pytest_ckpt.container import container_layout
+
+        layout = container_layout(checkpoint)
+        container = layout.layout if layout else f"no state_dict ({type(checkpoint).__name__})"
+        return cls(tuple(_describe(checkpoint, "", shapes=True)), container)
+
+
+def _describe(value: Any, path: str, *, shapes: bool) -> Iterator[tuple[str, str]]:
+    import torch
+
+    from pytest_ckpt.container import is_state_dict
+    from pytest_ckpt.manifest import dtype_name
+
+    if isinstance(value, torch.Tensor):
+        shape = f" [{','.join(map(str, value.shape))}]" if shapes else ""
+        yield path or "<root>", f"tensor {dtype_name(value.dtype)}{shape}"
+    elif shapes and is_state_dict(value) and all(isinstance(key, str) for key in value):
+        numel = sum(tensor.numel() for tensor in value.values())
+        yield path or "<root>", f"state_dict ({len(value)} tensors, {numel:,} elements)"
+    elif isinstance(value, Mapping):
+        yield from _describe_mapping(value, path, shapes=shapes)
+    elif isinstance(value, (list, tuple)):
+        yield from _describe_sequence(value, path, shapes=shapes)
+    else:
+        yield path or "<root>", _scalar_type(value)
+
+
+def _describe_mapping(value: Mapping[Any, Any], path: str, *,
+                      shapes: bool) -> Iterator[tuple[str, str]]:
+    if value and all(isinstance(key, int) for key in value):
+        yield path or "<root>", f"dict[int] of {len(value)}"
+        yield from sorted({row for item in value.values()
+                           for row in _describe(item, f"{path}[*]", shapes=False)})
+        return
+    yield path or "<root>", "dict"
+    for key, item in value.items():
+        child = escape_key(str(key))
+        yield from _describe(item, f"{path}.{child}" if path else child, shapes=shapes)
+
+
+def _describe_sequence(value: list[Any] | tuple[Any, ...], path: str, *,
+                       shapes: bool) -> Iterator[tuple[str, str]]:
+    kind = type(value).__name__
+    scalar_types = {_scalar_type(item) for item in value}
+    if len(value) > MAX_LISTED or (value and all(_is_scalar(item) for item in value)):
+        inner = scalar_types.pop() if len(scalar_types) == 1 else "mixed"
+        yield path or "<root>", f"{kind}[{inner}] of {len(value)}"
+        return
+    yield path or "<root>", f"{kind} of {len(value)}"
+    for index, item in enumerate(value):
+        yield from _describe(item, f"{path}[{index}]", shapes=shapes)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str, complex))
+
+
+def _scalar_type(value: Any) -> str:
+    kind = type(value)
+    module = kind.__module__
+    return kind.__name__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def diff_schemas(reference: Schema, current: Schema, *,
+                 reference_name: str = "snapshot") -> list[Finding]:
+    """``training_state`` findings: entries the current checkpoint lost, gained or retyped."""
+    old, new = reference.as_dict(), current.as_dict()
+    lost = _topmost(path for path in old if path not in new)
+    gained = _topmost(path for path in new if path not in old)
+    retyped = [path for path in old if path in new and old[path] != new[path]
+               and not (path == "<root>" and reference.container != current.container)]
+    findings = []
+    if lost:
+        findings.append(Finding("training_state", tuple(lost), _lost_hint(lost, current,
+                                                                          reference_name)))
+    if gained:
+        findings.append(Finding("training_state", tuple(gained),
+                                f"entries in the checkpoint that the {reference_name} lacks"))
+    if retyped:
+        findings.append(Finding("training_state", tuple(retyped),
+                                "the type of these entries changed",
+                                tuple(f"{path}: {old[path]} -> {new[path]}" for path in retyped)))
+    if reference.container != current.container:
+        findings.append(Finding("training_state", (), "container layout changed", (
+            f"{reference_name}: {reference.container}", f"checkpoint: {current.container}")))
+    return findings
+
+
+def _lost_hint(lost: list[str], current: Schema, reference_name: str) -> str:
+    top = [path for path in lost if "." not in path and "[" not in path]
+    names = ", ".join(f"`{unescape_key(path)}`" for path in (top or lost)[:6])
+    hint = f"{'top-level ' if top else ''}{names} missing (present in the {reference_name})"
+    training = [path for path in top if path in TRAINING_KEYS]
+    left = [path for path in current.as_dict() if path in TRAINING_KEYS]
+    if training and not left and current.container.startswith(("bare state_dict", "{")):
+        hint += (": this looks like a weights-only checkpoint given to a training resume; "
+                 "resume from a training checkpoint, or make the resume path start fresh "
+                 "optimizer/step state when they are absent")
+    return hint
+
+
+def _topmost(paths: Iterator[str] | Any) -> list[str]:
+    """Drop paths whose ancestor is in the set (report ``optimizer``, not its children)."""
+    chosen: list[str] = []
+    for path in sorted(paths):
+        if not any(path.startswith(parent + ".") or path.startswith(parent + "[")
+                   for parent in chosen):
+            chosen.append(path)
+    return chosen
