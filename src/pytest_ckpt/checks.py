@@ -126,6 +126,42 @@ class CheckpointChecks:
                                   _fix_for(findings, self.update_command), color=self._color))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def assert_resumes(self, harness: Any = None, *, build: Callable[[], Any] | None = None,
+                       step: Callable[[Any], Any] | None = None,
+                       save: Callable[[Any, Path], None] | None = None,
+                       resume: Callable[[Path], Any] | None = None,
+                       steps: int = 6, at: int = 3) -> None:
+        """Run ``steps`` training steps uninterrupted, and ``at`` steps + save + resume + the
+        rest; require identical losses, LRs, parameters, optimizer state and RNG draws."""
+        __tracebackhide__ = True
+        from pytest_ckpt.training import harness_from, run_resume_check
+
+        self._roundtrips += 1
+        directory = self._tmp_path / f"ckpt-resume-{self._roundtrips}"
+        directory.mkdir()
+        try:
+            user = harness_from(harness, build=build, step=step, save=save, resume=resume)
+            findings = run_resume_check(user, steps=steps, at=at, directory=directory)
+        except CkptUsageError as error:
+            self._fail(f"ckpt_resume used wrongly in {self._nodeid}: {error}")
+        if findings:
+            self._fail(render_failure(
+                f"resumed training does not continue like the uninterrupted run ({steps} "
+                f"steps, saved and resumed after step {at})", findings,
+                "fix: save and restore everything the next step depends on (model, optimizer, "
+                "scheduler, step counters, RNG), with the optimizer over the same parameters "
+                "in the same order", color=self._color))
+
+    def run_marked_resume(self, function: Callable[..., Any], arguments: dict[str, Any],
+                          options: dict[str, Any]) -> None:
+        """Call a ``ckpt_resume`` test for its training harness, then check resuming."""
+        __tracebackhide__ = True
+        harness = function(**arguments)
+        if harness is None:
+            self._fail(f"{self._nodeid} is marked ckpt_resume but returned None\n"
+                       "fix: return an object with build, step, save and resume methods")
+        self.assert_resumes(harness, **options)
+
     def _loaded(self, checkpoint: Any) -> Any:
         __tracebackhide__ = True
         if isinstance(checkpoint, (str, Path)):

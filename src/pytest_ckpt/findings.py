@@ -46,8 +46,7 @@ class Finding:
 
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
-    return sorted(findings, key=lambda finding: (_ORDER[finding.kind], not finding.keys,
-                                                 finding.keys))
+    return sorted(findings, key=lambda finding: _ORDER[finding.kind])  # stable: rule order
 
 
 # -- folding -----------------------------------------------------------------------------

@@ -21,6 +21,8 @@ _COLLISIONS = pytest.StashKey["dict[str, list[str]]"]()
 
 MARKER = "ckpt_roundtrip"
 MARKER_OPTIONS = ("formats", "inputs", "load", "snapshot", "name", "weight_norm", "loaders")
+RESUME_MARKER = "ckpt_resume"
+RESUME_OPTIONS = ("steps", "at")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,6 +41,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "weight_norm='auto', loaders=('load_state_dict',)): "
         "the test returns a model; pytest-ckpt saves it, loads it into a fresh instance "
         "(the test called again) and requires identical keys, values and outputs")
+    config.addinivalue_line(
+        "markers",
+        f"{RESUME_MARKER}(steps=6, at=3): the test returns a training harness (build, step, "
+        "save, resume); pytest-ckpt requires a run resumed after `at` steps to continue "
+        "exactly like the uninterrupted one")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -58,8 +65,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _uses_ckpt(item: pytest.Item) -> bool:
-    return item.get_closest_marker(MARKER) is not None or "ckpt" in getattr(
-        item, "fixturenames", ())
+    return _marked(item) is not None or "ckpt" in getattr(item, "fixturenames", ())
+
+
+def _marked(item: pytest.Item) -> pytest.Mark | None:
+    return item.get_closest_marker(MARKER) or item.get_closest_marker(RESUME_MARKER)
 
 
 def _session_state(config: pytest.Config) -> CkptSessionState:
@@ -85,7 +95,7 @@ def ckpt(request: pytest.FixtureRequest, snapshot: Any, tmp_path: Any) -> Checkp
 @pytest.fixture(autouse=True)
 def _ckpt_roundtrip_marker(request: pytest.FixtureRequest) -> Iterator[None]:
     """Give tests marked ``ckpt_roundtrip`` a ``ckpt`` fixture without naming it."""
-    if request.node.get_closest_marker(MARKER) is not None:
+    if _marked(request.node) is not None:
         request.node.stash[_CHECKS] = request.getfixturevalue("ckpt")
     yield
 
@@ -93,23 +103,28 @@ def _ckpt_roundtrip_marker(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     """Run a ``ckpt_roundtrip`` test: call it for the model, then round-trip the model."""
-    marker = pyfuncitem.get_closest_marker(MARKER)
+    marker = _marked(pyfuncitem)
     if marker is None:
         return None
     options = _marker_options(pyfuncitem, marker)
     function = pyfuncitem.obj
     names = inspect.signature(function).parameters
     arguments = {name: pyfuncitem.funcargs[name] for name in names if name in pyfuncitem.funcargs}
-    pyfuncitem.stash[_CHECKS].run_marked_test(function, arguments, options)
+    checks = pyfuncitem.stash[_CHECKS]
+    if marker.name == RESUME_MARKER:
+        checks.run_marked_resume(function, arguments, options)
+    else:
+        checks.run_marked_test(function, arguments, options)
     return True
 
 
 def _marker_options(item: pytest.Function, marker: pytest.Mark) -> dict[str, Any]:
     __tracebackhide__ = True
-    unknown = sorted(set(marker.kwargs) - set(MARKER_OPTIONS))
+    known = RESUME_OPTIONS if marker.name == RESUME_MARKER else MARKER_OPTIONS
+    unknown = sorted(set(marker.kwargs) - set(known))
     if marker.args or unknown:
         bad = ", ".join([*(repr(arg) for arg in marker.args), *unknown])
         pytest.fail(
-            f"@pytest.mark.{MARKER} on {item.nodeid} has unknown options: {bad}\n"
-            f"known options (keywords only): {', '.join(MARKER_OPTIONS)}", pytrace=False)
+            f"@pytest.mark.{marker.name} on {item.nodeid} has unknown options: {bad}\n"
+            f"known options (keywords only): {', '.join(known)}", pytrace=False)
     return dict(marker.kwargs)
