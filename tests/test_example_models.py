@@ -8,7 +8,7 @@ from tests.conftest import lines, snapshot_files
 def test_example_suite_is_green(example_project, mode):
     before = snapshot_files(example_project.path)
     result = example_project.runpytest("example_models", *mode)
-    result.assert_outcomes(passed=11, xfailed=1)
+    result.assert_outcomes(passed=15, xfailed=1)
     assert snapshot_files(example_project.path) == before
 
 
@@ -63,4 +63,20 @@ def test_llama_vocab_change_is_a_shape_finding_on_the_7b_meta_manifest(example_p
         "      tok_embeddings.weight",
         "      output.weight: [32000, 4096] in the snapshot, [32064, 4096] in the model "
         "(dim 0: 32000 -> 32064)",
+    ))
+
+
+def test_separator_that_stops_saving_its_scheduler_fails_the_resume_check(example_project):
+    source = example_project.path / "example_models" / "separator.py"
+    text = source.read_text()
+    assert '"scheduler": state.scheduler.state_dict(), ' in text
+    source.write_text(text.replace('"scheduler": state.scheduler.state_dict(), ', "").replace(
+        'scheduler.load_state_dict(checkpoint["scheduler"])', "pass"))
+    result = example_project.runpytest("example_models/test_training.py")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "resumed training does not continue like the uninterrupted run (6 steps, saved and "
+        "resumed after step 3)",
+        "  [training_state] the learning rate diverged first at step 4: *; the scheduler state "
+        "was never saved, so the LR schedule restarted",
     ))

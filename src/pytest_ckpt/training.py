@@ -142,7 +142,7 @@ def _run_interrupted(harness: TrainingHarness, steps: int, at: int, path: Path,
 
 def _record_step(trace: Trace, harness: TrainingHarness, state: Any) -> None:
     loss = harness.step(state)
-    trace.losses.append(float(loss))
+    trace.losses.append(float(loss.detach()) if hasattr(loss, "detach") else float(loss))
     optimizer = getattr(state, "optimizer", None)
     if optimizer is not None:
         trace.lrs.append(tuple(float(group["lr"]) for group in optimizer.param_groups))
@@ -276,6 +276,13 @@ def _state_findings(baseline: Trace, resumed: Trace) -> list[Finding]:
             f"RNG state not restored on resume: the next {', '.join(rng)} draws differ from "
             "the uninterrupted run"), ("save torch.get_rng_state() / random.getstate() / "
                                        "numpy.random.get_state() and restore them on resume",)))
+    moments = [k for k in baseline.optimizer if k not in resumed.optimizer
+               or not _equal(baseline.optimizer[k], resumed.optimizer[k])]
+    if moments:
+        findings.append(Finding("training_state", tuple(moments),
+                                "optimizer state after the resumed run differs from the "
+                                "uninterrupted run (not saved, or restored onto other "
+                                "parameters)"))
     differ = [k for k in baseline.params if k not in resumed.params
               or not _equal(baseline.params[k], resumed.params[k])]
     if differ:
