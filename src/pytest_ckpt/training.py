@@ -171,7 +171,7 @@ def _flatten_tensors(value: Any, prefix: str) -> dict[str, torch.Tensor]:
     if isinstance(value, dict):
         flat: dict[str, torch.Tensor] = {}
         for key, item in value.items():
-            flat.update(_flatten_tensors(item, f"{prefix}[{key!r}]"))
+            flat.update(_flatten_tensors(item, f"{prefix}.{key}"))
         return flat
     return {}
 
