@@ -162,6 +162,51 @@ class CheckpointChecks:
                        "fix: return an object with build, step, save and resume methods")
         self.assert_resumes(harness, **options)
 
+    def assert_loads(self, model: torch.nn.Module, checkpoint: Mapping[str, Any] | str | Path,
+                     *, allow_missing: Any = (), allow_unexpected: Any = (),
+                     load: Callable[..., Any] | None = None) -> None:
+        """Load ``checkpoint`` into ``model`` through ``load`` (default
+        ``load_state_dict(strict=False)``) and fail on anything not declared: a tensor left
+        out that ``allow_missing`` does not cover, an extra key ``allow_unexpected`` does not
+        cover, a declaration that matches nothing (stale) or hides provided keys (over-broad),
+        a provided tensor whose value did not reach the model."""
+        __tracebackhide__ = True
+        from pytest_ckpt.partial import declared_findings, load_and_classify, matched
+
+        missing_patterns = _patterns(allow_missing)
+        unexpected_patterns = _patterns(allow_unexpected)
+        state = self._state_dict_of(checkpoint)
+        before = Manifest.from_module(model)
+        facts = ModelFacts.from_module(model)
+        result = load_and_classify(model, state, load)
+        gaps = set(result.not_written) - set(state) - matched(missing_patterns,
+                                                              result.not_written)
+        extra = set(result.unexpected) - matched(unexpected_patterns, result.unexpected)
+        findings = diagnose(
+            Manifest.from_state_dict({k: state[k] for k in extra}),
+            Manifest(tuple(row for row in before if row.key in gaps)), facts=facts)
+        findings += declared_findings(result, state, allow_missing=missing_patterns,
+                                      allow_unexpected=unexpected_patterns)
+        if findings:
+            name = checkpoint if isinstance(checkpoint, (str, Path)) else "the state_dict"
+            self._fail(render_failure(
+                f"checkpoint {name} does not load into {type(model).__name__} as declared",
+                findings, "fix: declare expected gaps with allow_missing=[...] / "
+                "allow_unexpected=[...], or fix the key mapping in the load path",
+                color=self._color))
+
+    def _state_dict_of(self, checkpoint: Any) -> dict[str, Any]:
+        __tracebackhide__ = True
+        from pytest_ckpt.formats.torch_zip import state_dict_of
+
+        loaded = self._loaded(checkpoint)
+        try:
+            return state_dict_of(loaded, Path(str(checkpoint)) if isinstance(
+                checkpoint, (str, Path)) else Path("<state_dict>"))
+        except CheckpointReadError as error:
+            self._fail(str(error))
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _loaded(self, checkpoint: Any) -> Any:
         __tracebackhide__ = True
         if isinstance(checkpoint, (str, Path)):
@@ -284,6 +329,13 @@ class CheckpointChecks:
     def _fail(self, message: str) -> None:
         __tracebackhide__ = True
         pytest.fail(message, pytrace=False)
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    patterns = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(pattern, str) for pattern in patterns):
+        raise TypeError(f"allow_missing/allow_unexpected take key globs, got {value!r}")
+    return patterns
 
 
 def _facts_of(obj: object) -> ModelFacts | None:

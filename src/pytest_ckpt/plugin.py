@@ -23,6 +23,8 @@ MARKER = "ckpt_roundtrip"
 MARKER_OPTIONS = ("formats", "inputs", "load", "snapshot", "name", "weight_norm", "loaders")
 RESUME_MARKER = "ckpt_resume"
 RESUME_OPTIONS = ("steps", "at")
+STRICT_MARKER = "ckpt_strict_loads"
+STRICT_OPTIONS = ("allow_missing", "allow_unexpected")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,6 +34,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="ckpt_snapshot_update",
         help="create and update pytest-ckpt manifest snapshots only (syrupy's "
              "--snapshot-update updates every snapshot, these included)")
+    group.addoption(
+        "--ckpt-strict-loads", action="store_true", default=False, dest="ckpt_strict_loads",
+        help="fail tests in which a load_state_dict(strict=False) silently dropped keys")
+    parser.addini("ckpt_strict_loads", type="bool", default=False,
+                  help="like --ckpt-strict-loads, for every run")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,6 +53,10 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{RESUME_MARKER}(steps=6, at=3): the test returns a training harness (build, step, "
         "save, resume); pytest-ckpt requires a run resumed after `at` steps to continue "
         "exactly like the uninterrupted one")
+    config.addinivalue_line(
+        "markers",
+        f"{STRICT_MARKER}(allow_missing=(), allow_unexpected=()): fail the test when a "
+        "load_state_dict(strict=False) in it drops keys the allow-lists do not cover")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -118,9 +129,10 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
-def _marker_options(item: pytest.Function, marker: pytest.Mark) -> dict[str, Any]:
+def _marker_options(item: pytest.Item, marker: pytest.Mark) -> dict[str, Any]:
     __tracebackhide__ = True
-    known = RESUME_OPTIONS if marker.name == RESUME_MARKER else MARKER_OPTIONS
+    known = {RESUME_MARKER: RESUME_OPTIONS, STRICT_MARKER: STRICT_OPTIONS}.get(
+        marker.name, MARKER_OPTIONS)
     unknown = sorted(set(marker.kwargs) - set(known))
     if marker.args or unknown:
         bad = ", ".join([*(repr(arg) for arg in marker.args), *unknown])
@@ -128,3 +140,31 @@ def _marker_options(item: pytest.Function, marker: pytest.Mark) -> dict[str, Any
             f"@pytest.mark.{marker.name} on {item.nodeid} has unknown options: {bad}\n"
             f"known options (keywords only): {', '.join(known)}", pytrace=False)
     return dict(marker.kwargs)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """Watch non-strict load_state_dict calls in tests that asked for it."""
+    marker = item.get_closest_marker(STRICT_MARKER)
+    enabled = bool(item.config.option.ckpt_strict_loads or item.config.getini(
+        "ckpt_strict_loads"))
+    if marker is None and not enabled:
+        return (yield)
+    options = _marker_options(item, marker) if marker is not None else {}
+    from pytest_ckpt.guard import StrictLoadGuard
+
+    guard = StrictLoadGuard(_globs(options.get("allow_missing", ())),
+                            _globs(options.get("allow_unexpected", ())))
+    guard.install()
+    try:
+        result = yield
+    finally:
+        guard.uninstall()
+    if guard.silent_loads:
+        pytest.fail(guard.report(item.nodeid, color=item.config.get_terminal_writer().hasmarkup),
+                    pytrace=False)
+    return result
+
+
+def _globs(value: Any) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)

@@ -1,0 +1,120 @@
+"""``--ckpt-strict-loads``, the ``ckpt_strict_loads`` ini setting and marker: silent
+``load_state_dict(strict=False)`` calls fail the test that made them."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import lines
+
+CLAP = '''
+import torch
+from torch import nn
+
+
+class CLAP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.audio_branch = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+        self.text_branch = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+
+
+def remap(state):
+    """The hand-written remap of an upstream checkpoint, off by one character."""
+    return {k.replace("text_model.", "text_branch_."): v for k, v in state.items()}
+
+
+def upstream_checkpoint():
+    state = CLAP().state_dict()
+    return {k.replace("text_branch.", "text_model."): v for k, v in state.items()}
+
+
+def load(model):
+    result = model.load_state_dict(remap(upstream_checkpoint()), strict=False)
+    return result
+'''
+
+TEST = '''
+import torch
+from torch import nn
+from clap import CLAP, load
+
+MARK
+def test_load():
+    result = load(CLAP())
+    assert len(result.missing_keys) == 4  # the user's code still gets torch's own result
+'''
+
+
+@pytest.fixture
+def clap(project):
+    project.makepyfile(clap=CLAP)
+    return project
+
+
+def test_a_remap_slip_is_caught_with_the_flag(clap, mode):
+    clap.makepyfile(test_a=TEST.replace("MARK", ""))
+    clap.runpytest(*mode).assert_outcomes(passed=1)  # off by default
+    result = clap.runpytest("--ckpt-strict-loads", *mode)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "test_a.py::test_load: load_state_dict(strict=False) into CLAP silently dropped keys "
+        "(called at */clap.py:*)",
+        "  [rename] 4 keys: text_branch_.* in the checkpoint is text_branch.* in the model*",
+        "      text_branch_.{0,1}.bias",
+        "      text_branch_.{0,1}.weight",
+        "fix: fix the key mapping, or declare the expected gaps with "
+        "@pytest.mark.ckpt_strict_loads(allow_missing=[...], allow_unexpected=[...])",
+    ))
+
+
+def test_the_ini_setting_and_the_marker_turn_it_on(clap):
+    clap.makepyfile(test_a=TEST.replace("MARK", "@pytest.mark.ckpt_strict_loads").replace(
+        "import torch", "import pytest, torch"))
+    clap.runpytest().assert_outcomes(failed=1)
+    clap.makepyfile(test_a=TEST.replace("MARK", ""))
+    clap.makeini("[pytest]\naddopts = -p no:cacheprovider\nckpt_strict_loads = true\n")
+    clap.runpytest().assert_outcomes(failed=1)
+
+
+def test_declared_gaps_pass(clap):
+    clap.makepyfile(test_a=TEST.replace("MARK", (
+        "@pytest.mark.ckpt_strict_loads(allow_missing=['text_branch.*'], "
+        "allow_unexpected=['text_branch_.*'])")).replace("import torch", "import pytest, torch"))
+    clap.runpytest().assert_outcomes(passed=1)
+
+
+def test_the_guard_leaves_no_patch_behind_even_after_a_failing_test(clap):
+    clap.makepyfile(test_a='''
+        import pytest, torch
+        from torch import nn
+        from clap import CLAP, load
+
+        ORIGINAL = nn.Module.load_state_dict
+
+        @pytest.mark.ckpt_strict_loads
+        def test_fails_inside():
+            assert nn.Module.load_state_dict is not ORIGINAL  # patched while it runs
+            load(CLAP())
+            raise ValueError("boom")
+
+        def test_after():
+            assert nn.Module.load_state_dict is ORIGINAL
+    ''')
+    result = clap.runpytest("-p", "no:randomly")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*ValueError: boom"])
+
+
+def test_strict_loads_are_not_touched(clap):
+    clap.makepyfile(test_a='''
+        import pytest
+        from clap import CLAP
+
+        def test_strict():
+            model = CLAP()
+            model.load_state_dict(CLAP().state_dict())
+            with pytest.raises(RuntimeError, match="Missing key"):
+                model.load_state_dict({})
+    ''')
+    clap.runpytest("--ckpt-strict-loads").assert_outcomes(passed=1)
