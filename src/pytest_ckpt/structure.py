@@ -256,4 +256,46 @@ def _count_under(ordered: list[str], prefix: str) -> int:
     return bisect_left(ordered, prefix + "/") - bisect_left(ordered, prefix + ".")
 
 
-STRUCTURE_RULES: list[Rule] = [prefix_rule, buffer_rule, rename_rule, component_rule]
+def prefix_swap_rule(pool: KeyPool) -> None:
+    """One prefix replaced by another for many keys, not at a segment boundary: a key remap
+    that is off by a character (``text_model`` -> ``text_branch.``)."""
+    if not pool.missing or not pool.unexpected or (
+            len(pool.missing) + len(pool.unexpected) > MAX_RENAME_KEYS):
+        return
+    by_suffix: dict[str, list[str]] = {}
+    for key in pool.missing:
+        for _, _, rest, segment in _splits(key):
+            by_suffix.setdefault(f"{segment}.{rest}" if rest else segment, []).append(key)
+    votes: Counter[tuple[str, str]] = Counter()
+    for key in sorted(pool.unexpected)[:PREFIX_SAMPLE]:
+        for _, _, rest, _ in _splits(key):
+            for other in by_suffix.get(rest, ())[:4] if rest else ():
+                common = _common_suffix(key, other)
+                votes[(key[: len(key) - common], other[: len(other) - common])] += 1
+    for (old, new), _ in votes.most_common(3):
+        pairs = [(key, new + key[len(old):]) for key in sorted(pool.unexpected)
+                 if key.startswith(old) and new + key[len(old):] in pool.missing]
+        boundary = all(k[len(old):].startswith(".") and n[len(new):].startswith(".")
+                       for k, n in pairs)  # a clean segment swap is the rename rule's case
+        if len(pairs) >= 2 and old and new and not boundary:
+            pool.claim(Finding(
+                "prefix", tuple(old_key for old_key, _ in pairs),
+                f"the {pool.name}'s keys start with '{old}' where the model's start with "
+                f"'{new}': a key remap that is off (check the strings it replaces)",
+                (f"{len(pairs)} keys, e.g. {pairs[0][0]} -> {pairs[0][1]}",)),
+                missing=(new_key for _, new_key in pairs),
+                unexpected=(old_key for old_key, _ in pairs), pairs=pairs)
+
+
+def _common_suffix(left: str, right: str) -> int:
+    """How many trailing characters two strings share."""
+    count = 0
+    for a, b in zip(reversed(left), reversed(right), strict=False):
+        if a != b:
+            break
+        count += 1
+    return count
+
+
+STRUCTURE_RULES: list[Rule] = [prefix_rule, buffer_rule, rename_rule, prefix_swap_rule,
+                               component_rule]

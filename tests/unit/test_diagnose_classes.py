@@ -252,3 +252,16 @@ def test_keys_explained_by_a_specific_finding_are_not_repeated_as_missing():
     assert [f.kind for f in findings] == ["missing_component", "weight_norm_layout"]
     (component,) = [f for f in findings if f.kind == "missing_component"]
     assert component.keys == ("2.bias", "2.weight")
+
+
+def test_a_remap_off_by_one_character_is_a_prefix_finding():
+    model = nn.ModuleDict({"text_branch": nn.ModuleDict(
+        {"embeddings": nn.Linear(3, 3), "encoder": nn.Linear(3, 5)})})
+    checkpoint = {key.replace("text_branch.", "text_model"): value
+                  for key, value in model.state_dict().items()}
+    finding = only(findings_for(checkpoint, model))
+    assert finding.kind == "prefix"
+    assert finding.hint.startswith("the checkpoint's keys start with 'text_model' where the "
+                                   "model's start with 'text_branch.'")
+    assert finding.keys == ("text_modelembeddings.bias", "text_modelembeddings.weight",
+                            "text_modelencoder.bias", "text_modelencoder.weight")
