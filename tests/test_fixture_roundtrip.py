@@ -33,7 +33,7 @@ def test_poisoned_copy_catches_a_load_that_silently_skips_keys(project):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(lines(
         "checkpoint round-trip of Net through 'torch' failed: not_loaded",
-        "  [not_loaded] 5 keys: still at the target's initial (poisoned) value*",
+        "  [not_loaded] * keys: still at the target's initial (poisoned) value*",
         "      norm.bias",
     ))
 

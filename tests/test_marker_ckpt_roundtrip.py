@@ -45,11 +45,11 @@ def test_strict_false_load_that_skips_a_branch_is_reported_as_not_loaded(project
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(lines(
         "checkpoint round-trip of Net through 'torch' failed: not_loaded",
-        "  [not_loaded] 7 keys: still at the target's initial (poisoned) value after the load*",
+        # torch < 2.2 sets a missing num_batches_tracked to 0 itself: 6 keys there, 7 here
+        "  [not_loaded] * keys: still at the target's initial (poisoned) value after the load*",
         "      head.bias",
         "      head.weight",
         "      norm.bias",
-        "      norm.num_batches_tracked",
         "      norm.running_mean",
         "      norm.running_var",
         "      norm.weight",

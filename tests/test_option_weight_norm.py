@@ -109,8 +109,8 @@ def test_dcp_bypasses_load_hooks_and_is_reported_separately(heads):
     result.stdout.fnmatch_lines(lines(
         "  [weight_norm_layout] checkpoints in the legacy weight_norm layout (weight_g/weight_v) "
         "do not load into Head through dcp (they do through load_state_dict)",
-        "      dcp: CheckpointException: RuntimeError: Missing key in checkpoint state_dict: "
-        "proj.0.parametrizations.weight.original0.",
+        # torch 2.1 raises KeyError, newer torch RuntimeError('Missing key in checkpoint ...')
+        "      dcp: CheckpointException: *proj.0.parametrizations.weight.original0*",
     ))
 
 

@@ -95,6 +95,8 @@ def _try(attempt: Callable[[], torch.nn.Module], expected_state: dict[str, Any],
         target = attempt()
     except (KeyboardInterrupt, SystemExit):
         raise
+    except Unavailable:
+        return None  # nothing to check: this torch cannot build the target that way
     except BaseException as error:  # DCP's CheckpointException derives from BaseException
         return f"{type(error).__name__}: {_last_line(error)}"
     if any(t.device.type == "meta" for t in target.state_dict().values()):
@@ -109,9 +111,16 @@ def _try(attempt: Callable[[], torch.nn.Module], expected_state: dict[str, Any],
     return None if _same_outputs(expected_outputs, run(target), exact) else "outputs differ"
 
 
+class Unavailable(Exception):
+    """The loader path cannot be tried with this model and torch (not a failed load)."""
+
+
 def _load(loader: str, build: Callable[[], torch.nn.Module], state: dict[str, Any],
           load: Callable[..., Any] | None, directory: Path) -> torch.nn.Module:
-    target = build()
+    try:
+        target = build()
+    except NotImplementedError as error:  # e.g. weight_norm on `meta` before torch 2.2
+        raise Unavailable(_last_line(error)) from None
     directory.mkdir(parents=True, exist_ok=True)
     if loader == "load_state_dict":
         (load or (lambda model, sd: model.load_state_dict(sd, strict=True)))(target, dict(state))
@@ -189,7 +198,17 @@ def _same_outputs(expected: dict[str, torch.Tensor], actual: dict[str, torch.Ten
 
 
 def _last_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    failures = getattr(error, "failures", None)  # DCP's CheckpointException: rank -> error
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        if isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
+            inner = inner[0]  # newer torch keeps (exception, traceback summary)
+        if isinstance(inner, BaseException):
+            return f"{type(inner).__name__}: {_last_line(inner)}"
+        inner_text = str(inner)
+    else:
+        inner_text = str(error)
+    lines = [line.strip() for line in inner_text.strip().splitlines() if line.strip()]
     missing = [line for line in lines if "Missing key" in line or "Unexpected key" in line]
     line = (missing or lines or [""])[-1 if missing else 0]
     return line if len(line) <= 160 else line[:157] + "..."

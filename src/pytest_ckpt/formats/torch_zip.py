@@ -44,7 +44,9 @@ def load_weights_only(path: Path) -> Any:
         with warnings.catch_warnings():
             # torch warns before refusing a raw pickle; the refusal below says it better
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            # torch 2.1's weights_only unpickler itself warns about TypedStorage
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointReadError(
