@@ -116,3 +116,43 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
         atomic_write_text(path, "new\n")
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["snap.manifest.txt"]
+
+
+class TrainerConfig:
+    """A project's own class pickled into a checkpoint."""
+
+    def __init__(self) -> None:
+        self.lr = 1e-3
+
+
+def test_refused_checkpoint_names_each_global_and_where_it_sits(tmp_path):
+    import argparse
+
+    import numpy as np
+
+    path = tmp_path / "train.pt"
+    torch.save({"model": nn.Linear(2, 2).state_dict(), "curr_ap": np.float64(0.5),
+                "args": argparse.Namespace(lr=1e-3), "config": TrainerConfig(),
+                "history": [1.0, np.float32(2.0)]}, path)
+    with pytest.raises(CheckpointReadError) as error:
+        get_format("torch").load(path)
+    message = str(error.value)
+    assert "nothing from it was executed" in message
+    scalar = type(np.float64(0.5)).__reduce__(np.float64(0.5))[0]
+    scalar_name = f"{scalar.__module__}.{scalar.__name__}"
+    for where in (f"['curr_ap']: {scalar_name}", "['args']: argparse.Namespace",
+                  f"['config']: {__name__}.TrainerConfig",
+                  f"['history'][1]: {scalar_name}"):
+        assert where in message
+    assert "Fix: store plain Python values there" in message
+    assert "torch.serialization.add_safe_globals([" in message
+
+
+def test_the_scan_of_a_malicious_pickle_runs_nothing(tmp_path):
+    from pytest_ckpt.pickle_scan import unsafe_globals
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(1), "payload": CreatesAFile(marker)}, path)
+    assert unsafe_globals(path) == [("['payload']", "pathlib.Path.touch")]
+    assert not marker.exists()

@@ -48,14 +48,28 @@ def load_weights_only(path: Path) -> Any:
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointReadError(
-            path, f"was refused by torch.load(weights_only=True): {first}. It needs globals "
-                  "that are not plain tensors or containers; nothing from it was executed"
-        ) from None
+        raise CheckpointReadError(path, _refusal(path, error)) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointReadError(path, f"is corrupt or truncated ({reason})") from None
+
+
+def _refusal(path: Path, error: Exception) -> str:
+    """Why weights_only refused the file: each global it needs and where it sits."""
+    from pytest_ckpt.pickle_scan import unsafe_globals
+
+    found = unsafe_globals(path)
+    if not found:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return (f"was refused by torch.load(weights_only=True): {first}. It needs globals "
+                "that are not plain tensors or containers; nothing from it was executed")
+    shown = "; ".join(f"{where}: {name}" for where, name in found[:6])
+    more = f" (and {len(found) - 6} more)" if len(found) > 6 else ""
+    names = sorted({name for _, name in found})
+    return (f"was refused by torch.load(weights_only=True); nothing from it was executed. "
+            f"It needs these globals: {shown}{more}. Fix: store plain Python values there "
+            f"(float(x), dict(vars(args))), or allow exactly these globals: "
+            f"torch.serialization.add_safe_globals([{', '.join(names)}])")
 
 
 def state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
