@@ -264,11 +264,9 @@ class CheckpointChecks:
 
     def _roundtrip_message(self, model: torch.nn.Module, outcome: FormatOutcome) -> str:
         kinds = ", ".join(dict.fromkeys(finding.kind for finding in outcome.findings))
-        headline = (f"checkpoint round-trip of {type(model).__name__} through "
-                    f"'{outcome.format}' failed: {outcome.error or kinds}")
-        if outcome.format == "weight_norm":
-            headline = (f"weight_norm layouts of {type(model).__name__}: published checkpoints "
-                        "in some layouts do not load")
+        headline = outcome.headline or (f"checkpoint round-trip of {type(model).__name__} "
+                                        f"through '{outcome.format}' failed: "
+                                        f"{outcome.error or kinds}")
         fix = _fix_for(list(outcome.findings), self.update_command)
         return render_failure(headline, outcome.findings, fix, color=self._color)
 

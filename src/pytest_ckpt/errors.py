@@ -5,6 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its type name when empty), at most
+    ``limit`` characters."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 class CheckpointReadError(Exception):
     """A file could not be read as a checkpoint; the message names the file."""
 

@@ -15,18 +15,19 @@ _WN_KEYS = {LEGACY: "{n}_g/{n}_v", PARAMETRIZED: "parametrizations.{n}.original0
             REMOVED: "plain {n}"}
 
 
-def _module_key(module: str, name: str) -> str:
+def module_key(module: str, name: str) -> str:
+    """The state_dict key of parameter ``name`` of module ``module`` (``''`` = root)."""
     return f"{module}.{name}" if module else name
 
 
 def weight_norm_keys(module: str, name: str, layout: str) -> tuple[str, ...]:
     """The state_dict keys of one weight-normed parameter in a layout."""
     if layout == LEGACY:
-        return (_module_key(module, f"{name}_g"), _module_key(module, f"{name}_v"))
+        return (module_key(module, f"{name}_g"), module_key(module, f"{name}_v"))
     if layout == PARAMETRIZED:
-        base = _module_key(module, f"parametrizations.{name}")
+        base = module_key(module, f"parametrizations.{name}")
         return (f"{base}.original0", f"{base}.original1")
-    return (_module_key(module, name),)
+    return (module_key(module, name),)
 
 
 _PARAMETRIZED_WN = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.original0$")
@@ -43,7 +44,7 @@ def weight_norm_layouts(manifest: Manifest) -> dict[tuple[str, str], str]:
             layouts[(match.group(1) or "", match.group(2))] = PARAMETRIZED
         elif key.endswith("_g") and key[:-2] + "_v" in manifest:
             module, _, name = key[:-2].rpartition(".")
-            if _module_key(module, f"{name}_orig") not in manifest:
+            if module_key(module, f"{name}_orig") not in manifest:
                 layouts[(module, name)] = LEGACY
     return layouts
 
@@ -52,7 +53,7 @@ def _layout_in(manifest: Manifest, known: dict[tuple[str, str], str],
                site: tuple[str, str]) -> str | None:
     if site in known:
         return known[site]
-    return REMOVED if _module_key(*site) in manifest else None
+    return REMOVED if module_key(*site) in manifest else None
 
 
 def weight_norm_rule(pool: KeyPool) -> None:
@@ -116,7 +117,7 @@ def parametrization_rule(pool: KeyPool) -> None:
         if all(k in pool.unexpected for k in old[1]) and all(k in pool.missing for k in new[1]):
             pool.claim(Finding(
                 "parametrization", old[1],
-                f"`{_module_key(*site)}` is {old[0]} in the {pool.name} and {new[0]} in the "
+                f"`{module_key(*site)}` is {old[0]} in the {pool.name} and {new[0]} in the "
                 "model: torch does not convert between these layouts; map the keys in the "
                 "load path (or build the model the way the checkpoint was saved)",
                 (f"{', '.join(old[1])} -> {', '.join(new[1])}",)),
@@ -138,13 +139,13 @@ def _spectral_layout(manifest: Manifest,
     module, name = site
     for layout, label in ((LEGACY, "legacy spectral_norm"),
                           (PARAMETRIZED, "parametrized spectral_norm")):
-        keys = tuple(_module_key(module, k.format(n=name)) for k in _SPECTRAL[layout])
+        keys = tuple(module_key(module, k.format(n=name)) for k in _SPECTRAL[layout])
         if all(key in manifest for key in keys):
             return label, keys
-    generic = _module_key(module, f"parametrizations.{name}.original")
+    generic = module_key(module, f"parametrizations.{name}.original")
     if generic in manifest:
         return "parametrized (parametrize.register_parametrization)", (generic,)
-    plain = _module_key(module, name)
+    plain = module_key(module, name)
     return ("a plain tensor", (plain,)) if plain in manifest else None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.diagnose import diagnose
-from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
+from pytest_ckpt.errors import CheckpointReadError, CkptUsageError, first_line
 from pytest_ckpt.facts import ModelFacts
 from pytest_ckpt.findings import Finding, sort_findings
 from pytest_ckpt.formats import get_format
@@ -42,6 +42,7 @@ class FormatOutcome:
     path: Path
     findings: tuple[Finding, ...] = ()
     error: str | None = None  # an exception raised by the save or the user's load path
+    headline: str | None = None  # what broke, when not "the round-trip through <format>"
 
     @property
     def ok(self) -> bool:
@@ -115,7 +116,9 @@ def _layout_outcome(source: torch.nn.Module, make_target: Callable[[], torch.nn.
     findings = check_layouts(source, fresh, on_meta, layouts, loaders, spec.load,
                              lambda model: _outputs(model, inputs, "the target"),
                              directory / "weight_norm")
-    return FormatOutcome("weight_norm", directory / "weight_norm", tuple(findings))
+    return FormatOutcome("weight_norm", directory / "weight_norm", tuple(findings),
+                         headline=f"weight_norm layouts of {type(source).__name__}: published "
+                                  "checkpoints in some layouts do not load")
 
 
 def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, path: Path,
@@ -133,18 +136,20 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
     try:
         (spec.load or default_load)(target, loaded)
     except Exception as error:  # the user's load path failed: diagnose, then report it
-        findings = diagnose(saved, Manifest.from_module(target),
-                            facts=ModelFacts.from_module(target), reference_name="saved file")
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return FormatOutcome(name, path, tuple(findings), f"{type(error).__name__}: {first}")
+        return FormatOutcome(name, path, tuple(_key_findings(saved, target)),
+                             f"{type(error).__name__}: {first_line(error, limit=300)}")
     del loaded
-    findings = diagnose(saved, Manifest.from_module(target), facts=ModelFacts.from_module(target),
-                        reference_name="saved file")
+    findings = _key_findings(saved, target)
     findings += _value_findings(source_state, target.state_dict(), before)
     findings += _tie_findings(source, target)
     if expected_outputs is not None:
         findings += _output_findings(expected_outputs, _outputs(target, inputs, "the target"))
     return FormatOutcome(name, path, tuple(sort_findings(findings)))
+
+
+def _key_findings(saved: Manifest, target: torch.nn.Module) -> list[Finding]:
+    return diagnose(saved, Manifest.from_module(target), facts=ModelFacts.from_module(target),
+                    reference_name="saved file")
 
 
 def _prepare_target(target: torch.nn.Module,

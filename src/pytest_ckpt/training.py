@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from pytest_ckpt.errors import CkptUsageError
+from pytest_ckpt.errors import CkptUsageError, first_line
 from pytest_ckpt.findings import Finding
+from pytest_ckpt.values import bitwise_equal
 
 if TYPE_CHECKING:
     import torch
@@ -186,9 +187,7 @@ def _optimizer_order(state: Any) -> list[str]:
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    line = f"{type(error).__name__}: {text[0] if text else ''}"
-    return line if len(line) <= 160 else line[:157] + "..."
+    return f"{type(error).__name__}: {first_line(error, limit=140)}"
 
 
 def _user_frame(error: BaseException) -> str:
@@ -261,8 +260,7 @@ def _loss_causes(baseline: Trace, resumed: Trace) -> tuple[str, ...]:
         causes.append("the RNG state is not restored on resume (dropout, augmentation and "
                       "sampling draw different numbers): save torch.get_rng_state() (and "
                       "random/numpy state) and restore it")
-    if baseline.optimizer.keys() != resumed.optimizer.keys() or any(
-            not _equal(baseline.optimizer[k], resumed.optimizer[k]) for k in baseline.optimizer):
+    if _differing(baseline.optimizer, resumed.optimizer):
         causes.append("the optimizer state differs after resume (not saved, or restored onto "
                       "the wrong parameters)")
     return tuple(causes) or ("the model or data pipeline state is not fully restored",)
@@ -276,20 +274,24 @@ def _state_findings(baseline: Trace, resumed: Trace) -> list[Finding]:
             f"RNG state not restored on resume: the next {', '.join(rng)} draws differ from "
             "the uninterrupted run"), ("save torch.get_rng_state() / random.getstate() / "
                                        "numpy.random.get_state() and restore them on resume",)))
-    moments = [k for k in baseline.optimizer if k not in resumed.optimizer
-               or not _equal(baseline.optimizer[k], resumed.optimizer[k])]
+    moments = _differing(baseline.optimizer, resumed.optimizer)
     if moments:
         findings.append(Finding("training_state", tuple(moments),
                                 "optimizer state after the resumed run differs from the "
                                 "uninterrupted run (not saved, or restored onto other "
                                 "parameters)"))
-    differ = [k for k in baseline.params if k not in resumed.params
-              or not _equal(baseline.params[k], resumed.params[k])]
+    differ = _differing(baseline.params, resumed.params)
     if differ:
         findings.append(Finding("training_state", tuple(differ),
                                 "parameters after the resumed run differ from the "
                                 "uninterrupted run"))
     return findings
+
+
+def _differing(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> list[str]:
+    """Keys whose tensor is absent from ``actual`` or differs bitwise."""
+    return [key for key, value in expected.items()
+            if key not in actual or not bitwise_equal(value, actual[key])]
 
 
 def _moved(saved: list[str], resumed: list[str]) -> list[str]:
@@ -308,12 +310,6 @@ def _order_findings(moved: list[str]) -> list[Finding]:
         "different optimizer index than when the checkpoint was saved, so their Adam moments "
         "land on other tensors"), ("build the optimizer over the same parameters in the same "
                                    "order (frozen ones included) before loading its state",))]
-
-
-def _equal(left: torch.Tensor, right: torch.Tensor) -> bool:
-    from pytest_ckpt.values import bitwise_equal
-
-    return bitwise_equal(left, right)
 
 
 def harness_from(harness: Any = None, *, build: Callable[[], Any] | None = None,

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_ckpt.layouts import LEGACY, PARAMETRIZED, REMOVED, weight_norm_keys
+from pytest_ckpt.layouts import LEGACY, PARAMETRIZED, REMOVED, module_key, weight_norm_keys
 from pytest_ckpt.layouts import weight_norm_layouts as key_layouts
 from pytest_ckpt.manifest import Manifest
 
@@ -144,7 +144,7 @@ def map_state_dict(state: Mapping[str, Any], to: str | None = None, *,
         if target is not None and target != layout:
             _move(mapped, site, layout, target)
     for site, (layout, site_dim) in wanted.items():
-        if site not in found and _module_key(*site) in mapped:
+        if site not in found and module_key(*site) in mapped:
             _move(mapped, site, REMOVED, layout, site_dim)
     return mapped
 
@@ -171,10 +171,6 @@ def _tensors(state: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
     return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
-
-
-def _module_key(module: str, name: str) -> str:
-    return f"{module}.{name}" if module else name
 
 
 def _move(state: dict[str, Any], site: tuple[str, str], layout: str, to: str,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
 from pytest_ckpt.container import WEIGHT_ENTRIES, container_layout
-from pytest_ckpt.errors import CheckpointReadError
+from pytest_ckpt.errors import CheckpointReadError, first_line
 from pytest_ckpt.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -50,8 +50,7 @@ def load_weights_only(path: Path) -> Any:
     except pickle.UnpicklingError as error:
         raise CheckpointReadError(path, _refusal(path, error)) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointReadError(path, f"is corrupt or truncated ({reason})") from None
+        raise CheckpointReadError(path, f"is corrupt or truncated ({first_line(error)})") from None
 
 
 def _refusal(path: Path, error: Exception) -> str:
@@ -60,9 +59,8 @@ def _refusal(path: Path, error: Exception) -> str:
 
     found = unsafe_globals(path)
     if not found:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return (f"was refused by torch.load(weights_only=True): {first}. It needs globals "
-                "that are not plain tensors or containers; nothing from it was executed")
+        return (f"was refused by torch.load(weights_only=True): {first_line(error)}. It needs "
+                "globals that are not plain tensors or containers; nothing from it was executed")
     shown = "; ".join(f"{where}: {name}" for where, name in found[:6])
     more = f" (and {len(found) - 6} more)" if len(found) > 6 else ""
     names = sorted({name for _, name in found})
