@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from tests.conftest import lines
 
+TIED_LM = """
+from torch import nn
+
+
+class LM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.lm_head = nn.Linear(4, 10, bias=False)
+        self.lm_head.weight = self.embed.weight
+"""
+
 
 def test_roundtrip_with_a_poisoned_copy_passes_for_a_sound_model(project, mode):
     project.makepyfile(test_a='''
@@ -39,15 +51,8 @@ def test_poisoned_copy_catches_a_load_that_silently_skips_keys(project):
 
 
 def test_tied_embeddings_saved_as_safetensors_fail_a_strict_load_with_the_cause(project):
-    project.makepyfile(test_a='''
-        from torch import nn
-
-        class LM(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.embed = nn.Embedding(10, 4)
-                self.lm_head = nn.Linear(4, 10, bias=False)
-                self.lm_head.weight = self.embed.weight
+    project.makepyfile(lm=TIED_LM, test_a='''
+        from lm import LM
 
         def test_lm(ckpt):
             ckpt.roundtrip(LM(), factory=LM, formats=("torch", "safetensors"), snapshot=False)
@@ -67,16 +72,9 @@ def test_tied_embeddings_saved_as_safetensors_fail_a_strict_load_with_the_cause(
 
 
 def test_a_load_path_that_unties_weights_is_reported(project):
-    project.makepyfile(test_a='''
-        import torch
+    project.makepyfile(lm=TIED_LM, test_a='''
         from torch import nn
-
-        class LM(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.embed = nn.Embedding(10, 4)
-                self.lm_head = nn.Linear(4, 10, bias=False)
-                self.lm_head.weight = self.embed.weight
+        from lm import LM
 
         def load_untied(model, state):
             model.lm_head.weight = nn.Parameter(state["lm_head.weight"].clone())
