@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
@@ -26,10 +27,12 @@ if TYPE_CHECKING:
     import torch
     from syrupy.assertion import SnapshotAssertion
 
+    from pytest_ckpt.golden import GoldenOutcome
     from pytest_ckpt.schema import Schema
 
 UPDATE_FLAG = "--ckpt-snapshot-update"
 TARGET_SEED = 0x5EED  # the second call of a marked test builds its target under this seed
+GOLDEN_SEED = 0  # with golden=True, the first call of a marked test runs under this seed
 
 _FIXES = {
     "missing": "fix: restore the old attribute names, or remap old keys in your load path "
@@ -58,6 +61,7 @@ class CkptSessionState:
     update: bool
     collisions: dict[str, list[str]] = field(default_factory=dict)  # nodeid -> colliding ids
     claimed: dict[Path, str] = field(default_factory=dict)  # snapshot path -> nodeid
+    golden_max_bytes: str = "1MiB"  # ini ckpt_golden_max_bytes
 
 
 @final
@@ -65,10 +69,13 @@ class CheckpointChecks:
     """The ``ckpt`` fixture: ``roundtrip``, ``assert_manifest``, ``assert_schema``."""
 
     def __init__(self, *, nodeid: str, snapshot: SnapshotAssertion, tmp_path: Path,
-                 state: CkptSessionState, color: bool = False) -> None:
+                 state: CkptSessionState, color: bool = False,
+                 record: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._nodeid = nodeid
         update = state.update or bool(
             getattr(snapshot.session.pytest_session.config.option, "update_snapshots", False))
+        self._update = update
+        self._record_entry = record
         self._assertion = manifest_assertion(snapshot, update=update)
         self._schema_assertion = manifest_assertion(snapshot, update=update,
                                                     extension=SchemaSnapshotExtension)
@@ -82,48 +89,55 @@ class CheckpointChecks:
         return f"pytest {UPDATE_FLAG} '{self._nodeid}'"
 
     def assert_manifest(self, obj: torch.nn.Module | Mapping[str, Any] | str | Path, *,
-                        name: str | None = None) -> Manifest:
-        """Compare the manifest of a module, state_dict or file with its stored snapshot."""
+                        name: str | None = None, safe_globals: Sequence[Any] = ()) -> Manifest:
+        """Compare the manifest of a module, state_dict or file with its stored snapshot;
+        ``safe_globals`` are allowed in the weights_only load of a file, nothing else."""
         __tracebackhide__ = True
-        manifest = self._manifest_of(obj)
+        check = f"manifest[{name}]" if name else "manifest"
+        manifest = self._manifest_of(obj, check, safe_globals)
         location = self._claim(name)
         result = compare_with_snapshot(self._assertion, manifest.render(), name)
         if result.matched:
+            self._record(check)
             return manifest
         facts = _facts_of(obj)
         if result.stored is None:
             self._fail(render_failure(
                 f"no manifest snapshot for this test yet ({_relative(location)})",
-                [], f"create it with: {self.update_command}", color=self._color))
-        else:
-            self._fail(self._snapshot_message(result.stored, manifest, location, facts))
+                [], f"create it with: {self.update_command}", color=self._color), check=check)
+        message, findings = self._snapshot_message(result.stored or "", manifest, location,
+                                                   facts)
+        self._fail(message, check=check, findings=findings)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def assert_schema(self, checkpoint: Mapping[str, Any] | str | Path, *,
-                      name: str | None = None) -> Schema:
+                      name: str | None = None, safe_globals: Sequence[Any] = ()) -> Schema:
         """Compare a checkpoint's container schema (keys and types, never values) with its
         stored snapshot; drift is reported as ``training_state`` findings."""
         __tracebackhide__ = True
         from pytest_ckpt.schema import Schema, diff_schemas
 
-        schema = Schema.of(self._loaded(checkpoint))
+        check = f"schema[{name}]" if name else "schema"
+        schema = Schema.of(self._loaded(checkpoint, check, safe_globals))
         location = self._claim(name, self._schema_assertion)
         result = compare_with_snapshot(self._schema_assertion, schema.render(), name)
         if result.matched:
+            self._record(check)
             return schema
         if result.stored is None:
             self._fail(f"no schema snapshot for this test yet ({_relative(location)})\n"
-                       f"create it with: {self.update_command}")
+                       f"create it with: {self.update_command}", check=check)
         try:
             reference = Schema.parse(result.stored or "")
         except ManifestParseError as error:
             self._fail(f"schema snapshot {_relative(location)} is corrupt: {error}\n"
-                       f"rewrite it with: {self.update_command}")
+                       f"rewrite it with: {self.update_command}", check=check)
         findings = diff_schemas(reference, schema) or [
             Finding("training_state", (), "schema text differs (formatting only)")]
         self._fail(render_failure(f"checkpoint schema differs from snapshot "
                                   f"{_relative(location)}", findings,
-                                  _fix_for(findings, self.update_command), color=self._color))
+                                  _fix_for(findings, self.update_command), color=self._color),
+                   check=check, findings=findings)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def assert_resumes(self, harness: Any = None, *, build: Callable[[], Any] | None = None,
@@ -143,7 +157,8 @@ class CheckpointChecks:
             user = harness_from(harness, build=build, step=step, save=save, resume=resume)
             findings = run_resume_check(user, steps=steps, at=at, directory=directory)
         except CkptUsageError as error:
-            self._fail(f"ckpt_resume used wrongly in {self._nodeid}: {error}")
+            self._fail(f"ckpt_resume used wrongly in {self._nodeid}: {error}", check="resume")
+        self._record("resume", findings)
         if findings:
             self._fail(render_failure(
                 f"resumed training does not continue like the uninterrupted run ({steps} "
@@ -164,7 +179,8 @@ class CheckpointChecks:
 
     def assert_loads(self, model: torch.nn.Module, checkpoint: Mapping[str, Any] | str | Path,
                      *, allow_missing: Any = (), allow_unexpected: Any = (),
-                     load: Callable[..., Any] | None = None) -> None:
+                     load: Callable[..., Any] | None = None,
+                     safe_globals: Sequence[Any] = ()) -> None:
         """Load ``checkpoint`` into ``model`` through ``load`` (default
         ``load_state_dict(strict=False)``) and fail on anything not declared: a tensor left
         out that ``allow_missing`` does not cover, an extra key ``allow_unexpected`` does not
@@ -175,7 +191,7 @@ class CheckpointChecks:
 
         missing_patterns = _patterns(allow_missing)
         unexpected_patterns = _patterns(allow_unexpected)
-        state = self._state_dict_of(checkpoint)
+        state = self._state_dict_of(checkpoint, safe_globals)
         before = Manifest.from_module(model)
         facts = ModelFacts.from_module(model)
         result = load_and_classify(model, state, load)
@@ -187,6 +203,7 @@ class CheckpointChecks:
             Manifest(tuple(row for row in before if row.key in gaps)), facts=facts)
         findings += declared_findings(result, state, allow_missing=missing_patterns,
                                       allow_unexpected=unexpected_patterns)
+        self._record("loads", findings)
         if findings:
             name = checkpoint if isinstance(checkpoint, (str, Path)) else "the state_dict"
             self._fail(render_failure(
@@ -195,28 +212,35 @@ class CheckpointChecks:
                 "allow_unexpected=[...], or fix the key mapping in the load path",
                 color=self._color))
 
-    def _state_dict_of(self, checkpoint: Any) -> dict[str, Any]:
+    def _state_dict_of(self, checkpoint: Any, safe_globals: Sequence[Any]) -> dict[str, Any]:
         __tracebackhide__ = True
         from pytest_ckpt.formats.torch_zip import state_dict_of
 
-        loaded = self._loaded(checkpoint)
+        loaded = self._loaded(checkpoint, "loads", safe_globals)
         try:
             return state_dict_of(loaded, Path(str(checkpoint)) if isinstance(
                 checkpoint, (str, Path)) else Path("<state_dict>"))
         except CheckpointReadError as error:
-            self._fail(str(error))
+            self._read_failure(error, "loads")
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _loaded(self, checkpoint: Any) -> Any:
+    def _loaded(self, checkpoint: Any, check: str, safe_globals: Sequence[Any]) -> Any:
         __tracebackhide__ = True
         if isinstance(checkpoint, (str, Path)):
             from pytest_ckpt.formats.torch_zip import load_weights_only
 
             try:
-                return load_weights_only(Path(checkpoint))
+                return self._usage(lambda: load_weights_only(Path(checkpoint), safe_globals))
             except CheckpointReadError as error:
-                self._fail(str(error))
+                self._read_failure(error, check)
         return checkpoint
+
+    def _read_failure(self, error: CheckpointReadError, check: str) -> None:
+        __tracebackhide__ = True
+        from pytest_ckpt.formats.torch_zip import read_failure
+
+        message, findings = read_failure(error, color=self._color)
+        self._fail(message, check=check, findings=findings)
 
     def roundtrip(self, model: torch.nn.Module, *,
                   factory: Callable[[], torch.nn.Module] | None = None,
@@ -234,7 +258,10 @@ class CheckpointChecks:
         try:
             outcomes = run_roundtrip(model, factory, spec, directory)
         except CkptUsageError as error:
-            self._fail(f"ckpt_roundtrip used wrongly in {self._nodeid}: {error}")
+            self._fail(f"ckpt_roundtrip used wrongly in {self._nodeid}: {error}",
+                       check="roundtrip")
+        for outcome in outcomes:
+            self._record(f"roundtrip[{outcome.format}]", outcome.findings, outcome.error)
         failed = [outcome for outcome in outcomes if not outcome.ok]
         if failed:
             self._fail("\n\n".join(self._roundtrip_message(model, outcome) for outcome in failed))
@@ -242,13 +269,98 @@ class CheckpointChecks:
             self.assert_manifest(model, name=name)
         return outcomes
 
-    def run_marked_test(self, function: Callable[..., Any], arguments: dict[str, Any],
-                        options: dict[str, Any]) -> None:
-        """Call a ``ckpt_roundtrip`` test for its model; call it again (other seed) as target."""
+    def golden(self, model: torch.nn.Module, *, name: str | None = None,
+               inputs: Callable[[], Any] | None = None, load: Callable[..., Any] | None = None,
+               factory: Callable[[], torch.nn.Module] | None = None,
+               max_bytes: int | str | None = None) -> list[GoldenOutcome]:
+        """Load every golden checkpoint of this test (one per torch minor version) into a
+        fresh ``factory()`` (default: a poisoned copy of ``model``) through ``load`` and
+        require keys, values and the output fingerprint on ``inputs`` to match; with
+        --ckpt-snapshot-update, first write this torch version's golden of ``model``."""
         __tracebackhide__ = True
         import torch
 
-        model = function(**arguments)
+        return self._golden(model, name=name, inputs=inputs, load=load, factory=factory,
+                            max_bytes=max_bytes, seed=torch.initial_seed())
+
+    def _golden(self, model: torch.nn.Module, *, name: str | None, inputs: Any, load: Any,
+                factory: Any, max_bytes: int | str | None, seed: int) -> list[GoldenOutcome]:
+        __tracebackhide__ = True
+        from pytest_ckpt import golden as goldens
+        from pytest_ckpt.roundtrip import make_inputs, poisoned_copy
+
+        limit = self._usage(_size_option, self._state.golden_max_bytes
+                            if max_bytes is None else max_bytes)
+        self._usage(_real_module, model)
+        directory = goldens.golden_directory(self._claim_golden(name))
+        sample = self._usage(make_inputs, inputs)
+        if self._update:
+            self._write_golden(model, sample, directory, limit, seed)
+        found = goldens.goldens_in(directory)
+        if not found:
+            self._fail(f"no golden checkpoint for this test yet ({_relative(directory)})\n"
+                       f"create it with: {self.update_command}", check="golden")
+        outcomes = []
+        for golden in found:
+            target = factory() if factory is not None else poisoned_copy(model)
+            try:
+                outcome = self._usage(goldens.check_golden, golden, target, sample, load)
+            except CheckpointReadError as error:
+                outcome = goldens.GoldenOutcome(golden, "?", error=str(error))
+            self._record(f"golden[{golden.label}]", outcome.findings, outcome.error)
+            outcomes.append(outcome)
+        failed = [outcome for outcome in outcomes if not outcome.ok]
+        if failed:
+            self._fail("\n\n".join(self._golden_message(model, outcome) for outcome in failed))
+        return outcomes
+
+    def _write_golden(self, model: torch.nn.Module, sample: Any, directory: Path, limit: int,
+                      seed: int) -> None:
+        __tracebackhide__ = True
+        from pytest_ckpt import golden as goldens
+        from pytest_ckpt.roundtrip import model_outputs
+
+        outputs = self._usage(model_outputs, model, sample, "the model given to golden")
+        data, sidecar = goldens.serialise(model, sample, test=self._nodeid, seed=seed,
+                                          outputs=outputs)
+        try:
+            goldens.write_golden(directory, data, sidecar, max_bytes=limit)
+        except goldens.GoldenTooLarge as error:
+            self._fail(f"{error}: goldens are meant to be small and committed\n"
+                       "fix: build the golden's model from a tiny config (few layers, small "
+                       "widths), or raise the limit with max_bytes= or the ini option "
+                       "ckpt_golden_max_bytes", check="golden")
+
+    def _golden_message(self, model: torch.nn.Module, outcome: GoldenOutcome) -> str:
+        kinds = ", ".join(dict.fromkeys(finding.kind for finding in outcome.findings))
+        raised = f"the load raised {outcome.error.rstrip(':')}" if outcome.error else ""
+        why = f"{kinds} ({raised})" if kinds and raised else kinds or raised
+        golden = outcome.golden
+        headline = (f"golden checkpoint {golden.label} ({_relative(golden.path)}, written with "
+                    f"{outcome.written_with}) no longer loads into {type(model).__name__} as "
+                    f"it did: {why}")
+        fix = (f"fix: keep this published checkpoint loading (remap old keys in load=..., or "
+               f"accept old layouts, e.g. pytest_ckpt.compat.accept_any_weight_norm); if "
+               f"breaking it is intended, delete {golden.path.name} or rewrite it under "
+               f"{golden.label.replace('-', ' ')} with: {self.update_command}")
+        return render_failure(headline, outcome.findings, fix, color=self._color)
+
+    def run_marked_test(self, function: Callable[..., Any], arguments: dict[str, Any],
+                        options: dict[str, Any]) -> None:
+        """Call a ``ckpt_roundtrip`` test for its model; call it again (other seed) as target;
+        with ``golden=True`` the first call runs under ``GOLDEN_SEED`` and the model is also
+        checked against its golden checkpoints."""
+        __tracebackhide__ = True
+        import torch
+
+        golden = options.pop("golden", False)
+        if golden not in (True, False):
+            self._fail(f"ckpt_roundtrip used wrongly in {self._nodeid}: golden= takes True or "
+                       f"False, got {golden!r}")
+        with torch.random.fork_rng(devices=[], enabled=golden):
+            if golden:
+                torch.manual_seed(GOLDEN_SEED)
+            model = function(**arguments)
         if not isinstance(model, torch.nn.Module):
             self._fail(f"{self._nodeid} is marked ckpt_roundtrip but returned "
                        f"{type(model).__name__}, not a torch.nn.Module\n"
@@ -260,7 +372,20 @@ class CheckpointChecks:
                 target: torch.nn.Module = function(**arguments)
                 return target
 
-        self.roundtrip(model, factory=fresh_instance, **options)
+        failures = []
+        try:
+            self.roundtrip(model, factory=fresh_instance, **options)
+        except pytest.fail.Exception as failure:  # still check the goldens: report both
+            failures.append(str(failure.msg))
+        if golden:
+            try:
+                self._golden(model, name=options.get("name"), inputs=options.get("inputs"),
+                             load=options.get("load"), factory=fresh_instance,
+                             max_bytes=None, seed=GOLDEN_SEED)
+            except pytest.fail.Exception as failure:
+                failures.append(str(failure.msg))
+        if failures:
+            self._fail("\n\n".join(failures))
 
     def _roundtrip_message(self, model: torch.nn.Module, outcome: FormatOutcome) -> str:
         kinds = ", ".join(dict.fromkeys(finding.kind for finding in outcome.findings))
@@ -271,31 +396,35 @@ class CheckpointChecks:
         return render_failure(headline, outcome.findings, fix, color=self._color)
 
     def _snapshot_message(self, stored: str, manifest: Manifest, location: Path,
-                          facts: ModelFacts | None) -> str:
+                          facts: ModelFacts | None) -> tuple[str, list[Finding]]:
         try:
             reference = Manifest.parse(stored)
         except ManifestParseError as error:
             return (f"manifest snapshot {_relative(location)} is corrupt: {error}\n"
-                    f"rewrite it with: {self.update_command}")
+                    f"rewrite it with: {self.update_command}"), []
         findings = diagnose(reference, manifest, facts=facts, reference_name="snapshot")
         counts = f"{len(reference)} entries in the snapshot, {len(manifest)} in the model"
         headline = f"manifest differs from snapshot {_relative(location)} ({counts})"
         fix = _fix_for(findings, self.update_command)
         if not findings:
             findings = [Finding("value", (), "snapshot text differs (formatting only)")]
-        return render_failure(headline, findings, fix, color=self._color)
+        return render_failure(headline, findings, fix, color=self._color), findings
 
-    def _manifest_of(self, obj: Any) -> Manifest:
+    def _manifest_of(self, obj: Any, check: str, safe_globals: Sequence[Any]) -> Manifest:
         __tracebackhide__ = True
         import torch
+
+        from pytest_ckpt.formats.torch_zip import allowed_globals
 
         if isinstance(obj, torch.nn.Module):
             return Manifest.from_module(obj)
         if isinstance(obj, (str, Path)):
             try:
-                return read_checkpoint_manifest(Path(obj))
+                manifest: Manifest = self._usage(lambda: _within(
+                    allowed_globals(safe_globals), read_checkpoint_manifest, Path(obj)))
+                return manifest
             except CheckpointReadError as error:
-                self._fail(str(error))
+                self._read_failure(error, check)
         if isinstance(obj, Mapping):
             return Manifest.from_state_dict(obj)
         self._fail(f"assert_manifest in {self._nodeid} needs an nn.Module, a state_dict or a "
@@ -306,7 +435,20 @@ class CheckpointChecks:
         __tracebackhide__ = True
         from pytest_ckpt.snapshots import snapshot_location
 
-        location = snapshot_location(assertion or self._assertion, name)
+        return self._claim_path(snapshot_location(assertion or self._assertion, name), name)
+
+    def _claim_golden(self, name: str | None) -> Path:
+        """The manifest location the goldens are named after, claimed for this test."""
+        __tracebackhide__ = True
+        from pytest_ckpt.golden import golden_directory
+        from pytest_ckpt.snapshots import golden_manifest_location
+
+        location = golden_manifest_location(self._assertion, name)
+        self._claim_path(golden_directory(location), name)
+        return location
+
+    def _claim_path(self, location: Path, name: str | None) -> Path:
+        __tracebackhide__ = True
         others = self._state.collisions.get(self._nodeid, []) if name is None else []
         owner = self._state.claimed.setdefault(location, self._nodeid)
         if owner != self._nodeid:
@@ -317,16 +459,52 @@ class CheckpointChecks:
                        "fix: give the tests distinct names or pass name=... to assert_manifest")
         return location
 
-    def _usage(self, check: Callable[[Any], Any], value: Any) -> Any:
+    def _usage(self, check: Callable[..., Any], *value: Any) -> Any:
         __tracebackhide__ = True
         try:
-            return check(value)
+            return check(*value)
         except CkptUsageError as error:
             self._fail(f"ckpt used wrongly in {self._nodeid}: {error}")
 
-    def _fail(self, message: str) -> None:
+    def _record(self, check: str, findings: Any = (), error: str | None = None) -> None:
+        if self._record_entry is not None:
+            from pytest_ckpt.report import check_entry
+
+            self._record_entry(check_entry(check, findings, error))
+
+    def _fail(self, message: str, *, check: str | None = None,
+              findings: Any = ()) -> None:
+        """Fail the test with ``message``; recorded for --ckpt-report when ``check`` is set."""
         __tracebackhide__ = True
+        if check is not None:
+            self._record(check, findings, None if findings else message.splitlines()[0])
         pytest.fail(message, pytrace=False)
+
+
+def _within(context: AbstractContextManager[Any], function: Callable[..., Any],
+            *args: Any) -> Any:
+    with context:
+        return function(*args)
+
+
+def _size_option(value: int | str) -> int:
+    from pytest_ckpt.golden import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as error:
+        raise CkptUsageError(f"max_bytes / ckpt_golden_max_bytes: {error}") from None
+
+
+def _real_module(model: Any) -> None:
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise CkptUsageError(f"golden needs a torch.nn.Module, got {type(model).__name__}")
+    if any(tensor.is_meta for tensor in model.state_dict().values()
+           if isinstance(tensor, torch.Tensor)):
+        raise CkptUsageError("golden needs a model with real tensors, not one built on the "
+                             "meta device (use a tiny config on the CPU)")
 
 
 def _patterns(value: Any) -> tuple[str, ...]:

@@ -1,8 +1,10 @@
 """The ``pytest-ckpt`` console command: the same engine outside pytest.
 
 ``show FILE`` prints a checkpoint's manifest and container layout; ``diff A B`` diagnoses two
-checkpoints, or a checkpoint and a model factory ``package.module:callable``. Exit status: 0
-compatible, 1 not compatible, 2 usage error or unreadable input.
+checkpoints, or a checkpoint and a model factory ``package.module:callable``; ``matrix
+REPORT.json...`` renders ``--ckpt-report`` files as one Markdown table. Exit status: 0
+compatible, 1 not compatible (or a failed check in a report), 2 usage error or unreadable
+input.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from pytest_ckpt.errors import CheckpointReadError
 from pytest_ckpt.facts import ModelFacts
 from pytest_ckpt.manifest import Manifest
+from pytest_ckpt.report import ReportError
 
 EXIT_OK, EXIT_INCOMPATIBLE, EXIT_USAGE = 0, 1, 2
 
@@ -43,8 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "show":
             return _show(Path(args.file), as_json=args.json)
+        if args.command == "matrix":
+            return _matrix([Path(report) for report in args.reports])
         return _diff(args.a, args.b, as_json=args.json)
-    except (CheckpointReadError, InputError) as error:
+    except (CheckpointReadError, InputError, ReportError) as error:
         print(f"pytest-ckpt: {error}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -59,7 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("a", help="checkpoint file or package.module:factory")
     diff.add_argument("b", help="checkpoint file or package.module:factory")
     diff.add_argument("--json", action="store_true", help="print JSON")
+    matrix = commands.add_parser(
+        "matrix", help="Markdown table of checks x environments from --ckpt-report files")
+    matrix.add_argument("reports", nargs="+", metavar="REPORT.json")
     return parser
+
+
+def _matrix(paths: list[Path]) -> int:
+    """Print the table; exit 1 when any check failed in any report."""
+    from pytest_ckpt.report import read_report, render_matrix
+
+    reports = [read_report(path) for path in paths]
+    print(render_matrix(reports), end="")
+    failed = any(check.get("outcome") != "passed" for report in reports
+                 for check in report["checks"])
+    return EXIT_INCOMPATIBLE if failed else EXIT_OK
 
 
 def _show(path: Path, *, as_json: bool) -> int:

@@ -16,9 +16,11 @@ def first_line(error: BaseException, limit: int = 160) -> str:
 class CheckpointReadError(Exception):
     """A file could not be read as a checkpoint; the message names the file."""
 
-    def __init__(self, path: Path | str, reason: str) -> None:
+    def __init__(self, path: Path | str, reason: str,
+                 unsafe: tuple[tuple[str, str], ...] = ()) -> None:
         self.path = Path(path)
         self.reason = reason
+        self.unsafe = unsafe  # (place in the container, global) a weights_only load refused
         super().__init__(f"checkpoint {self.path} {reason}")
 
 

@@ -20,10 +20,16 @@ class _Stub:
     """An instance of a global the checkpoint names; records its arguments, runs nothing."""
 
     qualname = "?"
+    args: tuple[Any, ...] = ()  # unset when the pickle builds it without calling it
+    state: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args = args
-        self.items: dict[Any, Any] = {}
+
+    @property
+    def items(self) -> dict[Any, Any]:
+        items: dict[Any, Any] = self.__dict__.setdefault("_items", {})
+        return items
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
@@ -85,16 +91,18 @@ def _pickle_bytes(path: Path) -> bytes | None:
     return None
 
 
-def _walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
+def _walk(value: Any, path: str, inside: bool = False) -> Iterator[tuple[str, str]]:
     if isinstance(value, _Stub):
-        if not value.qualname.startswith(_SAFE):
-            yield path or "<root>", value.qualname
-        else:
-            yield from _walk(value.items, path)
+        if not value.describe().startswith(_SAFE):
+            yield path or "<root>", value.describe()
+        # what it was built from sits at the same place (a numpy scalar's dtype)
+        yield from _walk(value.args, path, inside=True)
+        yield from _walk(value.state, path, inside=True)
+        yield from _walk(value.items, path)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             yield from _walk(item, f"{path}[{key!r}]")
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            yield from _walk(item, f"{path}[{index}]")
+            yield from _walk(item, path if inside else f"{path}[{index}]")

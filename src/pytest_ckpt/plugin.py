@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 _STATE = pytest.StashKey["CkptSessionState"]()
 _CHECKS = pytest.StashKey["CheckpointChecks"]()
 _COLLISIONS = pytest.StashKey["dict[str, list[str]]"]()
+REPORT_PROPERTY = "pytest_ckpt"  # the user_properties name of check results (report.py)
 
 MARKER = "ckpt_roundtrip"
-MARKER_OPTIONS = ("formats", "inputs", "load", "snapshot", "name", "weight_norm", "loaders")
+MARKER_OPTIONS = ("formats", "inputs", "load", "snapshot", "name", "weight_norm", "loaders",
+                  "golden")
 RESUME_MARKER = "ckpt_resume"
 RESUME_OPTIONS = ("steps", "at")
 STRICT_MARKER = "ckpt_strict_loads"
@@ -37,15 +39,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--ckpt-strict-loads", action="store_true", default=False, dest="ckpt_strict_loads",
         help="fail tests in which a load_state_dict(strict=False) silently dropped keys")
+    group.addoption(
+        "--ckpt-report", action="store", default=None, dest="ckpt_report", metavar="PATH",
+        help="write every pytest-ckpt check's outcome and findings as JSON to PATH (one file "
+             "under xdist); render several with: pytest-ckpt matrix PATH...")
     parser.addini("ckpt_strict_loads", type="bool", default=False,
                   help="like --ckpt-strict-loads, for every run")
+    parser.addini("ckpt_golden_max_bytes", default="1MiB",
+                  help="largest golden checkpoint ckpt.golden writes (bytes, or 512KiB, 2MiB)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.option.ckpt_report and not hasattr(config, "workerinput"):
+        path = config.invocation_params.dir / config.option.ckpt_report
+        config.pluginmanager.register(CkptReportWriter(str(path)), "ckpt-report")
     config.addinivalue_line(
         "markers",
         f"{MARKER}(formats=('torch',), inputs=None, load=None, snapshot=True, name=None, "
-        "weight_norm='auto', loaders=('load_state_dict',)): "
+        "weight_norm='auto', loaders=('load_state_dict',), golden=False): "
         "the test returns a model; pytest-ckpt saves it, loads it into a fresh instance "
         "(the test called again) and requires identical keys, values and outputs")
     config.addinivalue_line(
@@ -89,7 +100,8 @@ def _session_state(config: pytest.Config) -> CkptSessionState:
 
         config.stash[_STATE] = CkptSessionState(
             update=bool(config.option.ckpt_snapshot_update),
-            collisions=config.stash.get(_COLLISIONS, {}))
+            collisions=config.stash.get(_COLLISIONS, {}),
+            golden_max_bytes=str(config.getini("ckpt_golden_max_bytes")))
     return config.stash[_STATE]
 
 
@@ -99,8 +111,13 @@ def ckpt(request: pytest.FixtureRequest, snapshot: Any, tmp_path: Any) -> Checkp
     from pytest_ckpt.checks import CheckpointChecks
 
     color = request.config.get_terminal_writer().hasmarkup
+    properties = request.node.user_properties
+
+    def record(entry: dict[str, Any]) -> None:
+        properties.append((REPORT_PROPERTY, entry))
+
     return CheckpointChecks(nodeid=request.node.nodeid, snapshot=snapshot, tmp_path=tmp_path,
-                            state=_session_state(request.config), color=color)
+                            state=_session_state(request.config), color=color, record=record)
 
 
 @pytest.fixture(autouse=True)
@@ -161,9 +178,40 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     finally:
         guard.uninstall()
     if guard.silent_loads:
+        from pytest_ckpt.report import check_entry
+
+        findings = [finding for load in guard.silent_loads for finding in load.findings]
+        item.user_properties.append((REPORT_PROPERTY, check_entry("strict_loads", findings)))
         pytest.fail(guard.report(item.nodeid, color=item.config.get_terminal_writer().hasmarkup),
                     pytrace=False)
     return result
+
+
+class CkptReportWriter:
+    """Registered with --ckpt-report: collects check results from the ``call`` reports (xdist
+    workers send them to the controller) and writes one JSON file, in the controller only."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.entries: list[tuple[str, dict[str, Any]]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            self.entries.extend((report.nodeid, entry) for name, entry
+                                in report.user_properties
+                                if name == REPORT_PROPERTY and isinstance(entry, dict))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if hasattr(session.config, "workerinput"):
+            return
+        import json
+        from pathlib import Path
+
+        from pytest_ckpt.report import build_report
+        from pytest_ckpt.snapshots import atomic_write_text
+
+        report = build_report(self.entries)
+        atomic_write_text(Path(self.path), json.dumps(report, indent=1) + "\n")
 
 
 def _globs(value: Any) -> tuple[str, ...]:

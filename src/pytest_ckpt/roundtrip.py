@@ -79,8 +79,8 @@ def run_roundtrip(source: torch.nn.Module, make_target: Callable[[], torch.nn.Mo
         get_format(name)  # unknown names fail before any work
     layouts = layouts_option(spec.weight_norm, source)
     loaders = loaders_option(spec.loaders)
-    inputs = _make_inputs(spec.inputs)
-    expected_outputs = _outputs(source, inputs, "the model returned by the test")
+    inputs = make_inputs(spec.inputs)
+    expected_outputs = model_outputs(source, inputs, "the model returned by the test")
     outcomes = []
     for name in spec.formats:
         target = make_target() if make_target is not None else poisoned_copy(source)
@@ -114,7 +114,7 @@ def _layout_outcome(source: torch.nn.Module, make_target: Callable[[], torch.nn.
             return make_target()
 
     findings = check_layouts(source, fresh, on_meta, layouts, loaders, spec.load,
-                             lambda model: _outputs(model, inputs, "the target"),
+                             lambda model: model_outputs(model, inputs, "the target"),
                              directory / "weight_norm")
     return FormatOutcome("weight_norm", directory / "weight_norm", tuple(findings),
                          headline=f"weight_norm layouts of {type(source).__name__}: published "
@@ -132,7 +132,7 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
         return FormatOutcome(name, path, (Finding("unsafe_pickle", (), error.reason),))
     saved = Manifest.from_state_dict(loaded)
     source_state = source.state_dict()
-    before = _prepare_target(target, source_state)
+    before = prepare_target(target, source_state)
     try:
         (spec.load or default_load)(target, loaded)
     except Exception as error:  # the user's load path failed: diagnose, then report it
@@ -140,10 +140,11 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
                              f"{type(error).__name__}: {first_line(error, limit=300)}")
     del loaded
     findings = _key_findings(saved, target)
-    findings += _value_findings(source_state, target.state_dict(), before)
+    findings += value_findings(source_state, target.state_dict(), before)
     findings += _tie_findings(source, target)
     if expected_outputs is not None:
-        findings += _output_findings(expected_outputs, _outputs(target, inputs, "the target"))
+        findings += _output_findings(expected_outputs,
+                                     model_outputs(target, inputs, "the target"))
     return FormatOutcome(name, path, tuple(sort_findings(findings)))
 
 
@@ -152,7 +153,7 @@ def _key_findings(saved: Manifest, target: torch.nn.Module) -> list[Finding]:
                     reference_name="saved file")
 
 
-def _prepare_target(target: torch.nn.Module,
+def prepare_target(target: torch.nn.Module,
                     source_state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Poison target tensors equal to the source, then fingerprint every target tensor."""
     import torch
@@ -189,7 +190,7 @@ def poisoned_copy(source: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(source, memo)
 
 
-def _value_findings(expected: dict[str, Any], actual: dict[str, Any],
+def value_findings(expected: dict[str, Any], actual: dict[str, Any],
                     before: dict[str, torch.Tensor]) -> list[Finding]:
     import torch
 
@@ -231,7 +232,7 @@ def _tie_findings(source: torch.nn.Module, target: torch.nn.Module) -> list[Find
                     "the load (a later update to one will not reach the other)")]
 
 
-def _make_inputs(inputs: Callable[[], Any] | None) -> Any:
+def make_inputs(inputs: Callable[[], Any] | None) -> Any:
     import torch
 
     if inputs is None:
@@ -247,7 +248,8 @@ def _make_inputs(inputs: Callable[[], Any] | None) -> Any:
             raise CkptUsageError(f"inputs= raised {type(error).__name__}: {error}") from None
 
 
-def _outputs(model: torch.nn.Module, inputs: Any, what: str) -> dict[str, torch.Tensor] | None:
+def model_outputs(model: torch.nn.Module, inputs: Any,
+                  what: str) -> dict[str, torch.Tensor] | None:
     import torch
 
     if inputs is None:

@@ -36,12 +36,17 @@ class ManifestSnapshotExtension(SingleFileSnapshotExtension):
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    """Write ``text`` (UTF-8, ``\\n`` line ends) atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -82,6 +87,12 @@ def snapshot_location(assertion: SnapshotAssertion, name: str | None) -> Path:
     index: Any = name if name else assertion.num_executions
     return Path(assertion.extension.get_location(test_location=assertion.test_location,
                                                  index=index))
+
+
+def golden_manifest_location(assertion: SnapshotAssertion, name: str | None) -> Path:
+    """The manifest location a test's goldens are named after (index 0 when unnamed)."""
+    return Path(assertion.extension.get_location(test_location=assertion.test_location,
+                                                 index=name or 0))
 
 
 def default_snapshot_location(item: Any) -> Path:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import pickle
 import warnings
 import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
 from pytest_ckpt.container import WEIGHT_ENTRIES, container_layout
-from pytest_ckpt.errors import CheckpointReadError, first_line
+from pytest_ckpt.errors import CheckpointReadError, CkptUsageError, first_line
 from pytest_ckpt.manifest import Manifest
 
 if TYPE_CHECKING:
     import torch
+
+    from pytest_ckpt.findings import Finding
 
 
 @final
@@ -35,39 +39,83 @@ class TorchZipFormat:
         return Manifest.from_state_dict(self.load(path))
 
 
-def load_weights_only(path: Path) -> Any:
-    """``torch.load(path, weights_only=True)``; a refusal or a corrupt file names the file."""
+def load_weights_only(path: Path, safe_globals: Sequence[Any] = ()) -> Any:
+    """``torch.load(path, weights_only=True)``, memory-mapped when the file is a zip, with
+    exactly ``safe_globals`` allowed besides torch's own; a refusal or a corrupt file names
+    the file (and each global the refusal is about)."""
     import torch
 
     mmap = zipfile.is_zipfile(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), allowed_globals(safe_globals):
             # torch warns before refusing a raw pickle; the refusal below says it better
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             # torch 2.1's weights_only unpickler itself warns about TypedStorage
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        raise CheckpointReadError(path, _refusal(path, error)) from None
+        raise _refusal(path, error, safe_globals) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
         raise CheckpointReadError(path, f"is corrupt or truncated ({first_line(error)})") from None
 
 
-def _refusal(path: Path, error: Exception) -> str:
+@contextmanager
+def allowed_globals(safe_globals: Sequence[Any]) -> Iterator[None]:
+    """Allow ``safe_globals`` in weights_only loads for the duration, through torch's own
+    allow-list (``serialization.safe_globals``, or ``add_safe_globals`` undone afterwards)."""
+    if not safe_globals:
+        yield
+        return
+    import torch
+
+    serialization = torch.serialization
+    scoped = getattr(serialization, "safe_globals", None)
+    if callable(scoped):
+        with scoped(list(safe_globals)):
+            yield
+        return
+    if not hasattr(serialization, "add_safe_globals"):
+        raise CkptUsageError(
+            f"safe_globals= needs torch.serialization.add_safe_globals, which torch "
+            f"{torch.__version__} lacks; store plain Python values in the checkpoint instead")
+    previous = serialization.get_safe_globals()
+    serialization.add_safe_globals(list(safe_globals))
+    try:
+        yield
+    finally:
+        serialization.clear_safe_globals()
+        serialization.add_safe_globals(previous)
+
+
+def global_name(value: Any) -> str:
+    return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', value)}"
+
+
+def _allowed_by_torch() -> set[str]:
+    """Globals the user already allowed through torch's own allow-list (torch >= 2.4)."""
+    import torch
+
+    get = getattr(torch.serialization, "get_safe_globals", None)
+    entries = get() if callable(get) else []
+    return {entry[1] if isinstance(entry, tuple) else global_name(entry) for entry in entries}
+
+
+def _refusal(path: Path, error: Exception, safe_globals: Sequence[Any]) -> CheckpointReadError:
     """Why weights_only refused the file: each global it needs and where it sits."""
     from pytest_ckpt.pickle_scan import unsafe_globals
 
-    found = unsafe_globals(path)
+    allowed = {global_name(value) for value in safe_globals} | _allowed_by_torch()
+    found = [(where, name) for where, name in unsafe_globals(path) if name not in allowed]
     if not found:
-        return (f"was refused by torch.load(weights_only=True): {first_line(error)}. It needs "
-                "globals that are not plain tensors or containers; nothing from it was executed")
+        return CheckpointReadError(
+            path, f"was refused by torch.load(weights_only=True): {first_line(error, 400)}. "
+                  "It needs globals that are not plain tensors or containers; nothing from it "
+                  "was executed")
     shown = "; ".join(f"{where}: {name}" for where, name in found[:6])
     more = f" (and {len(found) - 6} more)" if len(found) > 6 else ""
-    names = sorted({name for _, name in found})
-    return (f"was refused by torch.load(weights_only=True); nothing from it was executed. "
-            f"It needs these globals: {shown}{more}. Fix: store plain Python values there "
-            f"(float(x), dict(vars(args))), or allow exactly these globals: "
-            f"torch.serialization.add_safe_globals([{', '.join(names)}])")
+    return CheckpointReadError(
+        path, f"was refused by torch.load(weights_only=True); nothing from it was executed. "
+              f"It needs these globals: {shown}{more}", unsafe=tuple(found))
 
 
 def state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
@@ -79,3 +127,23 @@ def state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
                   f"tensors nor a dict with one under {', '.join(map(repr, WEIGHT_ENTRIES))})")
     inner = loaded if layout.weights_entry is None else loaded[layout.weights_entry]
     return dict(inner)
+
+
+def read_failure(error: CheckpointReadError, *, color: bool = False) -> tuple[str, list[Finding]]:
+    """The message for a file that could not be read; a weights_only refusal becomes an
+    ``unsafe_pickle`` finding with both fixes."""
+    from pytest_ckpt.findings import Finding, render_failure
+
+    if not error.unsafe:
+        return str(error), []
+    places = tuple(dict.fromkeys(where for where, _ in error.unsafe))
+    finding = Finding("unsafe_pickle", places,
+                      "torch.load(weights_only=True) refuses the globals these entries need; "
+                      "nothing from the file was executed",
+                      tuple(f"{where}: {name}" for where, name in error.unsafe))
+    names = ", ".join(dict.fromkeys(name for _, name in error.unsafe))
+    fix = (f"fix: store plain Python values there (float(x), dict(vars(args)), dataclasses."
+           f"asdict(config)), or allow exactly these globals: safe_globals=[{names}] "
+           f"(torch.serialization.add_safe_globals in your own load path)")
+    headline = f"checkpoint {error.path} cannot be loaded with weights_only=True"
+    return render_failure(headline, [finding], fix, color=color), [finding]

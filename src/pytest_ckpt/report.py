@@ -1,0 +1,118 @@
+"""``--ckpt-report`` JSON and the ``pytest-ckpt matrix`` Markdown table (pure, no torch).
+
+Checks record one entry each in the test item's ``user_properties`` (which pytest-xdist sends
+from the workers to the controller with every report); the controller collects them from the
+``call`` reports and writes one file at the end of the session.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pytest_ckpt.findings import Finding
+
+PROPERTY = "pytest_ckpt"
+REPORT_SCHEMA = "pytest-ckpt report v1"
+
+
+def check_entry(check: str, findings: Iterable[Finding] = (), error: str | None = None
+                ) -> dict[str, Any]:
+    """One check's result as stored in ``user_properties`` (JSON-ready, xdist-serialisable)."""
+    found = [finding.to_json() for finding in findings]
+    return {"check": check, "outcome": "failed" if found or error else "passed",
+            "findings": found, "error": error}
+
+
+def environment() -> dict[str, str]:
+    """Versions of this run, read from package metadata (torch is not imported)."""
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {"torch": version("torch"), "python": platform.python_version(),
+            "implementation": sys.implementation.name,
+            "platform": f"{platform.system()}-{platform.machine()}",
+            "pytest": version("pytest"), "pytest_ckpt": version("pytest-ckpt")}
+
+
+def build_report(entries: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The report: the environment and each (test node id, check entry), in run order."""
+    checks = [{"test": nodeid, **entry} for nodeid, entry in entries]
+    checks.sort(key=lambda check: (check["test"], check["check"]))
+    return {"schema": REPORT_SCHEMA, "environment": environment(), "checks": checks}
+
+
+class ReportError(Exception):
+    """A report file could not be read; the message names it."""
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ReportError(f"report {path} cannot be read: {error.strerror}") from None
+    except ValueError as error:
+        raise ReportError(f"report {path} is not JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA \
+            or not isinstance(data.get("checks"), list):
+        raise ReportError(f"report {path} is not a {REPORT_SCHEMA} file "
+                          "(write one with pytest --ckpt-report=PATH)")
+    return data
+
+
+# -- the matrix ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    cells: dict[tuple[str, str], str]  # (test, check) -> cell text
+
+
+def column_label(environment: dict[str, Any]) -> str:
+    return f"torch {environment.get('torch', '?')} · py{environment.get('python', '?')}"
+
+
+def _cell(check: dict[str, Any]) -> str:
+    if check.get("outcome") == "passed":
+        return "✅"
+    kinds = list(dict.fromkeys(finding.get("kind", "?") for finding in check["findings"]))
+    if check.get("error") and not kinds:
+        kinds = ["error"]
+    return "❌ " + ", ".join(f"`{kind}`" for kind in kinds)
+
+
+def render_matrix(reports: Sequence[dict[str, Any]]) -> str:
+    """Checks x environments, one Markdown table; failing cells list their finding kinds."""
+    columns = []
+    for report in reports:
+        cells: dict[tuple[str, str], str] = {}
+        for check in report["checks"]:
+            key = (check["test"], check["check"])
+            previous = cells.get(key)  # a check run twice keeps its worst outcome
+            cells[key] = _cell(check) if previous in (None, "✅") else previous
+        columns.append(Column(column_label(report.get("environment", {})), cells))
+    rows = sorted({key for column in columns for key in column.cells})
+    failed = sum(1 for column in columns for cell in column.cells.values() if cell != "✅")
+    total = sum(len(column.cells) for column in columns)
+    lines = [
+        "## Checkpoint compatibility",
+        "",
+        f"{total - failed} of {total} checks passed across {len(columns)} environment(s).",
+        "",
+        "| test | check | " + " | ".join(column.label for column in columns) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in columns) + " |",
+    ]
+    for test, check in rows:
+        shown = [column.cells.get((test, check), "—") for column in columns]
+        name = test.replace("|", "\\|")
+        lines.append(f"| `{name}` | {check} | " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n"
