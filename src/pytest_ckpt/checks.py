@@ -230,10 +230,22 @@ class CheckpointChecks:
             from pytest_ckpt.formats.torch_zip import load_weights_only
 
             try:
-                return self._usage(lambda: load_weights_only(Path(checkpoint), safe_globals))
+                loaded = self._usage(lambda: load_weights_only(Path(checkpoint), safe_globals))
             except CheckpointReadError as error:
                 self._read_failure(error, check)
+            self._flag(Path(checkpoint))
+            return loaded
         return checkpoint
+
+    def _flag(self, path: Path) -> None:
+        """Warn (naming the file) about a file that loads but is not fit for release."""
+        import warnings
+
+        from pytest_ckpt.errors import CheckpointFileWarning
+        from pytest_ckpt.formats import file_notes
+
+        for note in file_notes(path):
+            warnings.warn(CheckpointFileWarning(f"checkpoint {path}: {note}"), stacklevel=4)
 
     def _read_failure(self, error: CheckpointReadError, check: str) -> None:
         __tracebackhide__ = True
@@ -422,9 +434,10 @@ class CheckpointChecks:
             try:
                 manifest: Manifest = self._usage(lambda: _within(
                     allowed_globals(safe_globals), read_checkpoint_manifest, Path(obj)))
-                return manifest
             except CheckpointReadError as error:
                 self._read_failure(error, check)
+            self._flag(Path(obj))
+            return manifest
         if isinstance(obj, Mapping):
             return Manifest.from_state_dict(obj)
         self._fail(f"assert_manifest in {self._nodeid} needs an nn.Module, a state_dict or a "

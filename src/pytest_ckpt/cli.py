@@ -49,7 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "matrix":
             return _matrix([Path(report) for report in args.reports])
         return _diff(args.a, args.b, as_json=args.json)
-    except (CheckpointReadError, InputError, ReportError) as error:
+    except CheckpointReadError as error:
+        from pytest_ckpt.formats.torch_zip import read_failure
+
+        print(f"pytest-ckpt: {read_failure(error)[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    except (InputError, ReportError) as error:
         print(f"pytest-ckpt: {error}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -82,18 +87,22 @@ def _matrix(paths: list[Path]) -> int:
 
 
 def _show(path: Path, *, as_json: bool) -> int:
-    from pytest_ckpt.formats import detect_format
+    from pytest_ckpt.formats import detect_format, file_notes
 
     fmt = detect_format(path)
     manifest = fmt.read_manifest(path)
     layout = _layout_of(path, fmt.name)
+    notes = file_notes(path)
     if as_json:
         print(json.dumps({"file": str(path), "format": fmt.name, "container": layout,
-                          "manifest": [_row_json(row) for row in manifest]}, indent=2))
+                          "notes": notes, "manifest": [_row_json(row) for row in manifest]},
+                         indent=2))
         return EXIT_OK
     print(f"{path}: {fmt.name}, {len(manifest)} entries, {manifest.numel:,} elements")
     print(f"container: {layout['layout']}" + "".join(
         f"; also {key} ({kind})" for key, kind in layout["others"].items()))
+    for note in notes:
+        print(f"note: {note}")
     print(manifest.render(), end="")
     return EXIT_OK
 

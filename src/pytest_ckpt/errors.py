@@ -26,3 +26,8 @@ class CheckpointReadError(Exception):
 
 class CkptUsageError(Exception):
     """A marker or fixture was used wrongly; the message names the test and the fix."""
+
+
+class CheckpointFileWarning(UserWarning):
+    """A checkpoint file loads, but is not fit for release as it is (legacy format, storages
+    tagged for CUDA); the message names the file."""

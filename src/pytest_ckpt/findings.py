@@ -149,7 +149,7 @@ def render_finding(finding: Finding, *, color: bool = False) -> list[str]:
         label = f"{_RED if finding.kind != 'not_loaded' else _YELLOW}{label}{_RESET}"
     head = f"  {label} {count} {noun}: {finding.hint}" if count else f"  {label} {finding.hint}"
     lines = [head]
-    if finding.kind != "missing_component":  # the hint names the component; keys are in JSON
+    if finding.kind not in ("missing_component", "unsafe_pickle"):  # shown by hint or details
         lines += [f"      {line}" for line in render_keys(finding.keys)]
     details = list(finding.details[:MAX_DETAIL_LINES])
     if len(finding.details) > MAX_DETAIL_LINES:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import pickle
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,10 @@ from typing import Any
 _SAFE = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset",
          "builtins.bytearray", "builtins.complex", "builtins.slice", "builtins.range",
          "_codecs.encode")
+
+_NUMPY_DTYPES = {"f2": "Float16", "f4": "Float32", "f8": "Float64", "i1": "Int8", "i2": "Int16",
+                 "i4": "Int32", "i8": "Int64", "u1": "UInt8", "u2": "UInt16", "u4": "UInt32",
+                 "u8": "UInt64", "b1": "Bool", "c8": "Complex64", "c16": "Complex128"}
 
 
 class _Stub:
@@ -61,40 +66,69 @@ class _Dict(dict[Any, Any]):
 
 
 class _Scanner(pickle.Unpickler):
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.locations: Counter[str] = Counter()
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("collections", "OrderedDict"):
             return _Dict  # a plain container: nothing to run
         return type(name, (_Stub,), {"qualname": f"{module}.{name}"})
 
     def persistent_load(self, pid: Any) -> Any:
-        return None  # a tensor storage record: data is never read
+        """A tensor storage record, ``('storage', type, key, location, numel, ...)``: its
+        device tag is counted, its data never read."""
+        if isinstance(pid, tuple) and len(pid) > 3 and pid[0] == "storage":
+            self.locations[str(pid[3])] += 1
+        return None
 
 
 def unsafe_globals(path: Path) -> list[tuple[str, str]]:
     """(container path, global) for each global weights_only would refuse."""
-    data = _pickle_bytes(path)
-    if data is None:
-        return []
+    scanned = _scan(path)
+    return [] if scanned is None else sorted(set(_walk(scanned.root, "")))
+
+
+def storage_locations(path: Path) -> dict[str, int]:
+    """How many tensor storages the file tags with each device (``{'cpu': 10, 'cuda:0': 2}``)."""
+    scanned = _scan(path)
+    return {} if scanned is None else dict(scanned.locations)
+
+
+class _Scanned:
+    def __init__(self, root: Any, locations: Counter[str]) -> None:
+        self.root = root
+        self.locations = locations
+
+
+def _scan(path: Path) -> _Scanned | None:
+    """The container of a torch zip or legacy file, every global a stand-in; ``None`` when
+    it cannot be read that way."""
     try:
-        root = _Scanner(io.BytesIO(data)).load()
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [name for name in archive.namelist() if name.endswith("/data.pkl")
+                         or name == "data.pkl"]
+                if not names:
+                    return None
+                scanner = _Scanner(io.BytesIO(archive.read(names[0])))
+                return _Scanned(scanner.load(), scanner.locations)
+        with open(path, "rb") as stream:  # legacy: magic, protocol, sys_info, then the data
+            for _ in range(3):
+                _Scanner(stream).load()
+            scanner = _Scanner(stream)
+            return _Scanned(scanner.load(), scanner.locations)
     except Exception:
-        return []
-    return sorted(set(_walk(root, "")))
-
-
-def _pickle_bytes(path: Path) -> bytes | None:
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = [name for name in archive.namelist() if name.endswith("/data.pkl")
-                     or name == "data.pkl"]
-            return archive.read(names[0]) if names else None
-    return None
+        return None
 
 
 def _walk(value: Any, path: str, inside: bool = False) -> Iterator[tuple[str, str]]:
     if isinstance(value, _Stub):
         if not value.describe().startswith(_SAFE):
             yield path or "<root>", value.describe()
+        if value.describe() == "numpy.dtype" and value.args and value.args[0] in _NUMPY_DTYPES:
+            # torch also checks the class of the dtype it builds: numpy.dtypes.Float64DType
+            yield path or "<root>", f"numpy.dtypes.{_NUMPY_DTYPES[value.args[0]]}DType"
         # what it was built from sits at the same place (a numpy scalar's dtype)
         yield from _walk(value.args, path, inside=True)
         yield from _walk(value.state, path, inside=True)

@@ -67,3 +67,27 @@ def detect_format(path: Path) -> CheckpointFormat:
 def read_checkpoint_manifest(path: Path) -> Manifest:
     """The manifest of a checkpoint file, read without materialising tensor data."""
     return detect_format(path).read_manifest(path)
+
+
+def file_notes(path: Path) -> list[str]:
+    """What a release manager should know about a torch file that loads: a legacy (non-zip)
+    layout, storages tagged for an accelerator. Read from the pickle, nothing executed."""
+    import zipfile
+
+    from pytest_ckpt.pickle_scan import storage_locations
+
+    if detect_format(path).name != "torch":
+        return []
+    notes = []
+    if not zipfile.is_zipfile(path):
+        notes.append("legacy (non-zip) torch file: it cannot be memory-mapped "
+                     "(torch.load(mmap=True) needs the zip format), so every load reads it "
+                     "whole; re-save it with torch.save for release")
+    devices = {location: count for location, count in storage_locations(path).items()
+               if location != "cpu"}
+    if devices:
+        tags = ", ".join(f"{location} ({count})" for location, count in sorted(devices.items()))
+        notes.append(f"storages tagged for {tags}: it loads on a CPU-only machine only through "
+                     "map_location='cpu'; save release artifacts from CPU tensors "
+                     "(model.cpu().state_dict())")
+    return notes

@@ -91,6 +91,13 @@ def global_name(value: Any) -> str:
     return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', value)}"
 
 
+def _unpickler_line(error: Exception) -> str:
+    """The line of torch's refusal that names the cause (``WeightsUnpickler error: ...``)."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    cause = [line for line in lines if line.startswith("WeightsUnpickler error")]
+    return cause[0] if cause else first_line(error, 400)
+
+
 def _allowed_by_torch() -> set[str]:
     """Globals the user already allowed through torch's own allow-list (torch >= 2.4)."""
     import torch
@@ -108,7 +115,7 @@ def _refusal(path: Path, error: Exception, safe_globals: Sequence[Any]) -> Check
     found = [(where, name) for where, name in unsafe_globals(path) if name not in allowed]
     if not found:
         return CheckpointReadError(
-            path, f"was refused by torch.load(weights_only=True): {first_line(error, 400)}. "
+            path, f"was refused by torch.load(weights_only=True): {_unpickler_line(error)}. "
                   "It needs globals that are not plain tensors or containers; nothing from it "
                   "was executed")
     shown = "; ".join(f"{where}: {name}" for where, name in found[:6])
