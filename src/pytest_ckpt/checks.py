@@ -153,11 +153,12 @@ class CheckpointChecks:
         self._roundtrips += 1
         directory = self._tmp_path / f"ckpt-resume-{self._roundtrips}"
         directory.mkdir()
-        try:
-            user = harness_from(harness, build=build, step=step, save=save, resume=resume)
-            findings = run_resume_check(user, steps=steps, at=at, directory=directory)
-        except CkptUsageError as error:
-            self._fail(f"ckpt_resume used wrongly in {self._nodeid}: {error}", check="resume")
+        user = self._usage(lambda: harness_from(harness, build=build, step=step, save=save,
+                                                resume=resume), label="ckpt_resume",
+                           check="resume")
+        findings = self._usage(lambda: run_resume_check(user, steps=steps, at=at,
+                                                        directory=directory),
+                               label="ckpt_resume", check="resume")
         self._record("resume", findings)
         if findings:
             self._fail(render_failure(
@@ -217,22 +218,18 @@ class CheckpointChecks:
         from pytest_ckpt.formats.torch_zip import state_dict_of
 
         loaded = self._loaded(checkpoint, "loads", safe_globals)
-        try:
-            return state_dict_of(loaded, Path(str(checkpoint)) if isinstance(
-                checkpoint, (str, Path)) else Path("<state_dict>"))
-        except CheckpointReadError as error:
-            self._read_failure(error, "loads")
-        raise AssertionError("unreachable")  # pragma: no cover
+        path = Path(str(checkpoint)) if isinstance(checkpoint, (str, Path)) else None
+        state: dict[str, Any] = self._reading(check="loads", read=lambda: state_dict_of(
+            loaded, path or Path("<state_dict>")))
+        return state
 
     def _loaded(self, checkpoint: Any, check: str, safe_globals: Sequence[Any]) -> Any:
         __tracebackhide__ = True
         if isinstance(checkpoint, (str, Path)):
             from pytest_ckpt.formats.torch_zip import load_weights_only
 
-            try:
-                loaded = self._usage(lambda: load_weights_only(Path(checkpoint), safe_globals))
-            except CheckpointReadError as error:
-                self._read_failure(error, check)
+            loaded = self._reading(check, lambda: load_weights_only(Path(checkpoint),
+                                                                    safe_globals))
             self._flag(Path(checkpoint))
             return loaded
         return checkpoint
@@ -247,11 +244,17 @@ class CheckpointChecks:
         for note in file_notes(path):
             warnings.warn(CheckpointFileWarning(f"checkpoint {path}: {note}"), stacklevel=4)
 
-    def _read_failure(self, error: CheckpointReadError, check: str) -> None:
+    def _reading(self, check: str, read: Callable[[], Any]) -> Any:
+        """``read()``; a file that cannot be read fails the test with its findings (outside
+        the ``except``, so the message is not chained to the read error)."""
         __tracebackhide__ = True
         from pytest_ckpt.formats.torch_zip import read_failure
 
-        message, findings = read_failure(error, color=self._color)
+        try:
+            return self._usage(read)
+        except CheckpointReadError as error:
+            failure = error
+        message, findings = read_failure(failure, color=self._color)
         self._fail(message, check=check, findings=findings)
 
     def roundtrip(self, model: torch.nn.Module, *,
@@ -267,11 +270,9 @@ class CheckpointChecks:
         self._roundtrips += 1
         directory = self._tmp_path / f"ckpt-roundtrip-{self._roundtrips}"
         directory.mkdir()
-        try:
-            outcomes = run_roundtrip(model, factory, spec, directory)
-        except CkptUsageError as error:
-            self._fail(f"ckpt_roundtrip used wrongly in {self._nodeid}: {error}",
-                       check="roundtrip")
+        outcomes: list[FormatOutcome] = self._usage(
+            lambda: run_roundtrip(model, factory, spec, directory), label="ckpt_roundtrip",
+            check="roundtrip")
         for outcome in outcomes:
             self._record(f"roundtrip[{outcome.format}]", outcome.findings, outcome.error)
         failed = [outcome for outcome in outcomes if not outcome.ok]
@@ -431,11 +432,8 @@ class CheckpointChecks:
         if isinstance(obj, torch.nn.Module):
             return Manifest.from_module(obj)
         if isinstance(obj, (str, Path)):
-            try:
-                manifest: Manifest = self._usage(lambda: _within(
-                    allowed_globals(safe_globals), read_checkpoint_manifest, Path(obj)))
-            except CheckpointReadError as error:
-                self._read_failure(error, check)
+            manifest: Manifest = self._reading(check, lambda: _within(
+                allowed_globals(safe_globals), read_checkpoint_manifest, Path(obj)))
             self._flag(Path(obj))
             return manifest
         if isinstance(obj, Mapping):
@@ -472,12 +470,15 @@ class CheckpointChecks:
                        "fix: give the tests distinct names or pass name=... to assert_manifest")
         return location
 
-    def _usage(self, check: Callable[..., Any], *value: Any) -> Any:
+    def _usage(self, function: Callable[..., Any], *args: Any, label: str = "ckpt",
+               check: str | None = None) -> Any:
+        """``function(*args)``; a usage error fails the test naming it (not chained)."""
         __tracebackhide__ = True
         try:
-            return check(*value)
+            return function(*args)
         except CkptUsageError as error:
-            self._fail(f"ckpt used wrongly in {self._nodeid}: {error}")
+            failure = error
+        self._fail(f"{label} used wrongly in {self._nodeid}: {failure}", check=check)
 
     def _record(self, check: str, findings: Any = (), error: str | None = None) -> None:
         if self._record_entry is not None:

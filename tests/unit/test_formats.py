@@ -130,22 +130,57 @@ def test_refused_checkpoint_names_each_global_and_where_it_sits(tmp_path):
 
     import numpy as np
 
+    from pytest_ckpt.formats.torch_zip import read_failure
+
     path = tmp_path / "train.pt"
     torch.save({"model": nn.Linear(2, 2).state_dict(), "curr_ap": np.float64(0.5),
                 "args": argparse.Namespace(lr=1e-3), "config": TrainerConfig(),
                 "history": [1.0, np.float32(2.0)]}, path)
     with pytest.raises(CheckpointReadError) as error:
         get_format("torch").load(path)
-    message = str(error.value)
-    assert "nothing from it was executed" in message
+    assert "nothing from it was executed" in str(error.value)
     scalar = type(np.float64(0.5)).__reduce__(np.float64(0.5))[0]
     scalar_name = f"{scalar.__module__}.{scalar.__name__}"
-    for where in (f"['curr_ap']: {scalar_name}", "['args']: argparse.Namespace",
-                  f"['config']: {__name__}.TrainerConfig",
-                  f"['history'][1]: {scalar_name}"):
-        assert where in message
-    assert "Fix: store plain Python values there" in message
-    assert "torch.serialization.add_safe_globals([" in message
+    expected = {("['curr_ap']", scalar_name), ("['curr_ap']", "numpy.dtype"),
+                ("['curr_ap']", "numpy.dtypes.Float64DType"), ("['args']", "argparse.Namespace"),
+                ("['config']", f"{__name__}.TrainerConfig"), ("['history'][1]", scalar_name),
+                ("['history'][1]", "numpy.dtypes.Float32DType")}
+    assert expected <= set(error.value.unsafe)
+    message, findings = read_failure(error.value)
+    assert [finding.kind for finding in findings] == ["unsafe_pickle"]
+    assert set(findings[0].keys) == {"['curr_ap']", "['args']", "['config']", "['history'][1]"}
+    first, *_, fix = message.splitlines()
+    assert first == f"checkpoint {path} cannot be loaded with weights_only=True"
+    assert fix.startswith("fix: store plain Python values there (float(x), dict(vars(args)), "
+                          "dataclasses.asdict(config)), or allow exactly these globals: "
+                          "safe_globals=[")
+    allowed = fix.split("safe_globals=[")[1].split("]")[0].split(", ")
+    assert sorted(allowed) == sorted({name for _, name in expected})
+
+
+def test_safe_globals_allow_exactly_the_named_globals(tmp_path):
+    import argparse
+
+    import numpy as np
+
+    from pytest_ckpt.formats.torch_zip import allowed_globals, load_weights_only
+
+    if not hasattr(torch.serialization, "add_safe_globals"):
+        pytest.skip("this torch has no weights_only allow-list")
+    path = tmp_path / "train.pt"
+    torch.save({"w": torch.ones(2), "curr_ap": np.float64(0.5),
+                "args": argparse.Namespace(lr=1e-3)}, path)
+    numpy_scalar = [type(np.float64(0.5)).__reduce__(np.float64(0.5))[0], np.dtype,
+                    type(np.dtype("float64"))]
+    with pytest.raises(CheckpointReadError) as error:
+        load_weights_only(path, numpy_scalar)
+    assert error.value.unsafe == (("['args']", "argparse.Namespace"),)
+    loaded = load_weights_only(path, [*numpy_scalar, argparse.Namespace])
+    assert loaded["args"].lr == 1e-3 and float(loaded["curr_ap"]) == 0.5
+    before = torch.serialization.get_safe_globals()
+    with allowed_globals([argparse.Namespace]):
+        pass
+    assert torch.serialization.get_safe_globals() == before  # nothing stays allowed
 
 
 def test_the_scan_of_a_malicious_pickle_runs_nothing(tmp_path):
