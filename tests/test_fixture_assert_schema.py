@@ -74,3 +74,29 @@ def test_a_weights_only_release_checked_against_the_training_schema(project):
         "      snapshot: {'model': state_dict}",
         "      checkpoint: bare state_dict",
     ))
+
+
+def test_torch_owned_optimizer_flags_may_differ_between_torch_versions(project, mode):
+    """A snapshot written under another torch (Adam without ``decoupled_weight_decay``, with
+    an extra flag) still matches, and an update does not rewrite it; a field the user's code
+    owns still fails."""
+    project.makepyfile(test_a=TRAINING.replace("**OPTIONS", ""))
+    project.runpytest("--ckpt-snapshot-update").assert_outcomes(passed=1)
+    location = project.path / "__snapshots__/test_a/test_training_checkpoint.schema.txt"
+    other_torch = [line for line in location.read_text().splitlines()
+                   if not line.startswith("optimizer.param_groups[0].decoupled_weight_decay")]
+    other_torch.append("optimizer.param_groups[0].flag_of_a_newer_torch: bool")
+    location.write_text("\n".join(other_torch) + "\n")
+    stored = location.read_text()
+    project.runpytest(*mode).assert_outcomes(passed=1)
+    project.runpytest("--ckpt-snapshot-update", *mode).assert_outcomes(passed=1)
+    assert location.read_text() == stored
+
+    location.write_text(stored.replace("optimizer.param_groups[0].lr: float\n",
+                                       "optimizer.param_groups[0].lr: float\n"
+                                       "optimizer.param_groups[0].warmup: int\n"))
+    result = project.runpytest(*mode)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "  [training_state] 1 key: `optimizer.param_groups[0].warmup` missing (present in the "
+        "snapshot)"))

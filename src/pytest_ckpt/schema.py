@@ -8,6 +8,7 @@ keys are the manifest's business). Entries of int-keyed dicts (an optimizer's pe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, final
@@ -16,6 +17,7 @@ from pytest_ckpt.findings import Finding
 from pytest_ckpt.manifest import ManifestParseError, escape_key, unescape_key
 
 HEADER = "# pytest-ckpt schema v1"
+_PARAM_GROUP_FIELD = re.compile(r"(^|\.)param_groups\[\d+\]\.[A-Za-z_][A-Za-z0-9_]*$")
 MAX_LISTED = 8  # longer homogeneous sequences are one row ("list[int] of 12")
 TRAINING_KEYS = ("optimizer", "optimizer_state_dict", "scheduler", "lr_scheduler", "global_step",
                  "step", "epoch", "scaler", "rng", "rng_state")
@@ -34,6 +36,12 @@ class Schema:
 
     def as_dict(self) -> dict[str, str]:
         return dict(self.rows)
+
+    def without_torch_flags(self) -> Schema:
+        """The schema without the flags torch itself puts in optimizer ``param_groups``
+        (``foreach: NoneType``, ``decoupled_weight_decay: bool``): their set changes between
+        torch versions and torch fills missing ones with defaults when it loads the state."""
+        return Schema(tuple(row for row in self.rows if not _torch_flag(*row)), self.container)
 
     def render(self) -> str:
         lines = [HEADER, f"# container: {self.container}"]
@@ -120,9 +128,15 @@ def _scalar_type(value: Any) -> str:
     return kind.__name__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
+def _torch_flag(path: str, kind: str) -> bool:
+    return kind in ("bool", "NoneType") and _PARAM_GROUP_FIELD.search(path) is not None
+
+
 def diff_schemas(reference: Schema, current: Schema, *,
                  reference_name: str = "snapshot") -> list[Finding]:
-    """``training_state`` findings: entries the current checkpoint lost, gained or retyped."""
+    """``training_state`` findings: entries the current checkpoint lost, gained or retyped
+    (torch's own optimizer flags aside)."""
+    reference, current = reference.without_torch_flags(), current.without_torch_flags()
     old, new = reference.as_dict(), current.as_dict()
     lost = _topmost(path for path in old if path not in new)
     gained = _topmost(path for path in new if path not in old)
