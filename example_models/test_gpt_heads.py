@@ -21,3 +21,8 @@ def test_gpt_heads_round_trip_and_load_both_weight_norm_layouts():
 def test_gpt_heads_key_set_records_the_weight_norm_layout(ckpt):
     manifest = ckpt.assert_manifest(GPTHeads(GPTHeadsConfig.tiny()))
     assert "head_text.parametrizations.weight.original0" in manifest
+
+
+def test_published_gpt_heads_checkpoints_keep_loading(ckpt):
+    """Every golden (one per torch version that wrote one) loads with the same outputs."""
+    ckpt.golden(GPTHeads(GPTHeadsConfig.tiny()), inputs=tokens)

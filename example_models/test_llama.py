@@ -8,7 +8,7 @@ import torch
 from example_models.llama import Llama, LlamaConfig
 
 
-@pytest.mark.ckpt_roundtrip(inputs=lambda: torch.randint(0, 64, (1, 8)))
+@pytest.mark.ckpt_roundtrip(inputs=lambda: torch.randint(0, 64, (1, 8)), golden=True)
 def test_tied_llama_roundtrips_with_shared_embeddings():
     return Llama(LlamaConfig.tiny(tie_embeddings=True))
 

@@ -321,7 +321,8 @@ class CheckpointChecks:
                 outcome = self._usage(goldens.check_golden, golden, target, sample, load)
             except CheckpointReadError as error:
                 outcome = goldens.GoldenOutcome(golden, "?", error=str(error))
-            self._record(f"golden[{golden.label}]", outcome.findings, outcome.error)
+            self._record(f"golden[{golden.label}]", outcome.findings, outcome.error,
+                         outcome.note)
             outcomes.append(outcome)
         failed = [outcome for outcome in outcomes if not outcome.ok]
         if failed:
@@ -481,11 +482,12 @@ class CheckpointChecks:
             failure = error
         self._fail(f"{label} used wrongly in {self._nodeid}: {failure}", check=check)
 
-    def _record(self, check: str, findings: Any = (), error: str | None = None) -> None:
+    def _record(self, check: str, findings: Any = (), error: str | None = None,
+                note: str | None = None) -> None:
         if self._record_entry is not None:
             from pytest_ckpt.report import check_entry
 
-            self._record_entry(check_entry(check, findings, error))
+            self._record_entry(check_entry(check, findings, error, note))
 
     def _fail(self, message: str, *, check: str | None = None,
               findings: Any = ()) -> None:

@@ -76,13 +76,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _matrix(paths: list[Path]) -> int:
-    """Print the table; exit 1 when any check failed in any report."""
-    from pytest_ckpt.report import read_report, render_matrix
+    """Print the table; exit 1 when a check failed in a test not marked xfail."""
+    from pytest_ckpt.report import failed_checks, read_report, render_matrix
 
     reports = [read_report(path) for path in paths]
     print(render_matrix(reports), end="")
-    failed = any(check.get("outcome") != "passed" for report in reports
-                 for check in report["checks"])
+    failed = sum(failed_checks(report) for report in reports)
     return EXIT_INCOMPATIBLE if failed else EXIT_OK
 
 

@@ -210,6 +210,7 @@ class GoldenOutcome:
     written_with: str  # "torch 2.1.2, pytest-ckpt 0.1.0"
     findings: tuple[Finding, ...] = ()
     error: str | None = None
+    note: str | None = None  # how the outputs matched: bitwise, or within RTOL
 
     @property
     def ok(self) -> bool:
@@ -239,10 +240,15 @@ def check_golden(golden: GoldenFile, target: torch.nn.Module, inputs: Any,
                              f"{type(error).__name__}: {first_line(error, limit=300)}")
     findings = _key_findings(saved, target) if load is None else []
     findings += value_findings(state, target.state_dict(), before)
+    note = None
     if sidecar.get("outputs") is not None and inputs is not None:
-        findings += _output_findings(sidecar, inputs,
-                                     model_outputs(target, inputs, "the loaded model") or {})
-    return GoldenOutcome(golden, written_with, tuple(sort_findings(findings)))
+        outputs = _fingerprints(model_outputs(target, inputs, "the loaded model") or {})
+        findings += _output_findings(sidecar, inputs, outputs)
+        bitwise = all(outputs.get(name, {}).get("sha256") == recorded["sha256"]
+                      for name, recorded in sidecar["outputs"].items())
+        note = "outputs bitwise equal" if bitwise else \
+            f"outputs within rtol {RTOL:g} of the recorded ones (bits differ)"
+    return GoldenOutcome(golden, written_with, tuple(sort_findings(findings)), note=note)
 
 
 def _strict_load(target: torch.nn.Module, state: dict[str, Any]) -> Any:
@@ -255,7 +261,7 @@ def _key_findings(saved: Manifest, target: torch.nn.Module) -> list[Finding]:
 
 
 def _output_findings(sidecar: dict[str, Any], inputs: Any,
-                     outputs: dict[str, torch.Tensor]) -> list[Finding]:
+                     outputs: dict[str, dict[str, Any]]) -> list[Finding]:
     from pytest_ckpt.values import flatten_outputs
 
     recorded_inputs = sidecar.get("inputs") or {}
@@ -266,7 +272,7 @@ def _output_findings(sidecar: dict[str, Any], inputs: Any,
                         "inputs= gives other values than when the golden was written, so its "
                         "outputs cannot be compared: make inputs= deterministic",
                         tuple(f"{name}: {why}" for name, why in changed.items()))]
-    differ = _differences(sidecar["outputs"], _fingerprints(outputs))
+    differ = _differences(sidecar["outputs"], outputs)
     if not differ:
         return []
     return [Finding("output", tuple(differ),

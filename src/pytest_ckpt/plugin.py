@@ -196,10 +196,12 @@ class CkptReportWriter:
         self.entries: list[tuple[str, dict[str, Any]]] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when == "call":
-            self.entries.extend((report.nodeid, entry) for name, entry
-                                in report.user_properties
-                                if name == REPORT_PROPERTY and isinstance(entry, dict))
+        if report.when != "call":
+            return
+        outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+        self.entries.extend((report.nodeid, {**entry, "test_outcome": outcome})
+                            for name, entry in report.user_properties
+                            if name == REPORT_PROPERTY and isinstance(entry, dict))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(session.config, "workerinput"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,12 +23,13 @@ PROPERTY = "pytest_ckpt"
 REPORT_SCHEMA = "pytest-ckpt report v1"
 
 
-def check_entry(check: str, findings: Iterable[Finding] = (), error: str | None = None
-                ) -> dict[str, Any]:
-    """One check's result as stored in ``user_properties`` (JSON-ready, xdist-serialisable)."""
+def check_entry(check: str, findings: Iterable[Finding] = (), error: str | None = None,
+                note: str | None = None) -> dict[str, Any]:
+    """One check's result as stored in ``user_properties`` (JSON-ready, xdist-serialisable);
+    the report adds the test's own outcome (``passed``, ``failed``, ``xfailed``...)."""
     found = [finding.to_json() for finding in findings]
     return {"check": check, "outcome": "failed" if found or error else "passed",
-            "findings": found, "error": error}
+            "findings": found, "error": error, "note": note}
 
 
 def environment() -> dict[str, str]:
@@ -81,13 +83,27 @@ def column_label(environment: dict[str, Any]) -> str:
     return f"torch {environment.get('torch', '?')} · py{environment.get('python', '?')}"
 
 
+PASSED, XFAIL = "✅", "☑️ xfail"
+
+
 def _cell(check: dict[str, Any]) -> str:
     if check.get("outcome") == "passed":
-        return "✅"
+        return PASSED
     kinds = list(dict.fromkeys(finding.get("kind", "?") for finding in check["findings"]))
     if check.get("error") and not kinds:
         kinds = ["error"]
-    return "❌ " + ", ".join(f"`{kind}`" for kind in kinds)
+    shown = ", ".join(f"`{kind}`" for kind in kinds)
+    return f"{XFAIL} {shown}" if check.get("test_outcome") == "xfailed" else f"❌ {shown}"
+
+
+def failed_checks(report: dict[str, Any]) -> int:
+    """Checks that failed in a test that was not expected to fail."""
+    return sum(1 for check in report["checks"] if _cell(check).startswith("❌"))
+
+
+def _natural(text: str) -> list[Any]:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", text)]
 
 
 def render_matrix(reports: Sequence[dict[str, Any]]) -> str:
@@ -98,15 +114,18 @@ def render_matrix(reports: Sequence[dict[str, Any]]) -> str:
         for check in report["checks"]:
             key = (check["test"], check["check"])
             previous = cells.get(key)  # a check run twice keeps its worst outcome
-            cells[key] = _cell(check) if previous in (None, "✅") else previous
+            cells[key] = _cell(check) if previous in (None, PASSED) else previous
         columns.append(Column(column_label(report.get("environment", {})), cells))
-    rows = sorted({key for column in columns for key in column.cells})
-    failed = sum(1 for column in columns for cell in column.cells.values() if cell != "✅")
-    total = sum(len(column.cells) for column in columns)
+    rows = sorted({key for column in columns for key in column.cells},
+                  key=lambda key: (key[0], _natural(key[1])))
+    outcomes = [cell for column in columns for cell in column.cells.values()]
+    passed = outcomes.count(PASSED)
+    expected = sum(1 for cell in outcomes if cell.startswith(XFAIL))
     lines = [
         "## Checkpoint compatibility",
         "",
-        f"{total - failed} of {total} checks passed across {len(columns)} environment(s).",
+        f"{passed} of {len(outcomes)} checks passed across {len(columns)} environment(s)"
+        + (f"; {expected} failed as expected (xfail)." if expected else "."),
         "",
         "| test | check | " + " | ".join(column.label for column in columns) + " |",
         "| --- | --- | " + " | ".join("---" for _ in columns) + " |",
