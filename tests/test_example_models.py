@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from tests.conftest import lines, snapshot_files
+
+
+def _golden_files(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes()
+            for path in sorted(root.rglob("__goldens__/**/torch-*"))}
 
 
 def test_example_suite_is_green(example_project, mode):
     before = snapshot_files(example_project.path)
+    goldens = _golden_files(example_project.path)
     result = example_project.runpytest("example_models", *mode)
-    result.assert_outcomes(passed=18, xfailed=2)
+    result.assert_outcomes(passed=19, xfailed=2)
     assert snapshot_files(example_project.path) == before
+    assert _golden_files(example_project.path) == goldens
+
+
+def test_goldens_written_under_torch_2_1_and_2_13_both_load_under_this_torch(example_project):
+    """Run in every CI lane: the 2.13 lane loads the 2.1 goldens and the 2.1 lane the 2.13
+    ones, each written by really running the update under that torch."""
+    goldens = _golden_files(example_project.path)
+    assert {Path(name).name for name in goldens} == {
+        "torch-2.1.pt", "torch-2.1.json", "torch-2.13.pt", "torch-2.13.json"}
+    for name, data in goldens.items():
+        if name.endswith(".json"):
+            written_by = json.loads(data)["torch"]
+            assert written_by.startswith(Path(name).stem.removeprefix("torch-") + ".")
+    example_project.runpytest("example_models", "-k", "keep_loading or llama_roundtrips or survive",
+                              "--ckpt-report=report.json").assert_outcomes(passed=3)
+    report = json.loads((example_project.path / "report.json").read_text())
+    loaded = {(check["test"].split("::")[1], check["check"]): check["outcome"]
+              for check in report["checks"] if check["check"].startswith("golden")}
+    assert loaded == {(test, f"golden[torch-{version}]"): "passed"
+                      for test in ("test_published_gpt_heads_checkpoints_keep_loading",
+                                   "test_tied_llama_roundtrips_with_shared_embeddings",
+                                   "test_vocoder_outputs_survive_torch_and_safetensors")
+                      for version in ("2.1", "2.13")}
 
 
 def test_renaming_a_vocoder_layer_fails_every_vocoder_check_with_the_cause(example_project, mode):
@@ -31,6 +63,17 @@ def test_renaming_a_vocoder_layer_fails_every_vocoder_check_with_the_cause(examp
         "run: pytest --ckpt-snapshot-update "
         "'example_models/test_vocoder.py::test_vocoder_key_set_matches_snapshot'",
     ))
+    for version in ("2.1", "2.13"):  # the goldens written under each torch
+        result.stdout.fnmatch_lines(lines(
+            f"golden checkpoint torch-{version} (example_models/__goldens__/test_vocoder/"
+            f"test_vocoder_outputs_survive_torch_and_safetensors/torch-{version}.pt, written "
+            f"with torch {version}.*, pytest-ckpt 0.1.0) no longer loads into Vocoder as it "
+            "did: rename (the load raised RuntimeError: Error(s) in loading state_dict for "
+            "Vocoder)",
+            "  [rename] 3 keys: conv_post.* in the golden is conv_out.* in the model (same "
+            "shapes and dtypes): rename the attribute back, or map the old keys in the load "
+            "path",
+        ))
 
 
 def test_switching_the_vocoder_to_legacy_weight_norm_is_caught(example_project):

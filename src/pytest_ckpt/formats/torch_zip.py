@@ -98,6 +98,19 @@ def _unpickler_line(error: Exception) -> str:
     return cause[0] if cause else first_line(error, 400)
 
 
+def _unsafe_by_torch(path: Path) -> set[str]:
+    """torch's own list of the globals a zip checkpoint needs (torch >= 2.5), if it has one."""
+    import torch
+
+    get = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if not callable(get) or not zipfile.is_zipfile(path):
+        return set()
+    try:
+        return set(get(str(path)))
+    except Exception:  # torch's scanner failed on this file: the refusal itself still stands
+        return set()
+
+
 def _allowed_by_torch() -> set[str]:
     """Globals the user already allowed through torch's own allow-list (torch >= 2.4)."""
     import torch
@@ -113,6 +126,9 @@ def _refusal(path: Path, error: Exception, safe_globals: Sequence[Any]) -> Check
 
     allowed = {global_name(value) for value in safe_globals} | _allowed_by_torch()
     found = [(where, name) for where, name in unsafe_globals(path) if name not in allowed]
+    placed = {name for _, name in found}
+    found += [("<somewhere in the container>", name)
+              for name in sorted(_unsafe_by_torch(path) - allowed - placed)]
     if not found:
         return CheckpointReadError(
             path, f"was refused by torch.load(weights_only=True): {_unpickler_line(error)}. "
