@@ -69,7 +69,7 @@ def test_refused_file_is_an_unsafe_pickle_finding_with_both_fixes(files, mode):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(lines(
         "checkpoint train.pt cannot be loaded with weights_only=True",
-        "  [unsafe_pickle] 2 keys: torch.load(weights_only=True) refuses the globals these "
+        "  [unsafe_pickle] 2 entries: torch.load(weights_only=True) refuses the globals these "
         "entries need; nothing from the file was executed",
         "      ['args']: argparse.Namespace",
         "      ['curr_ap']: numpy.*.multiarray.scalar",

@@ -143,7 +143,8 @@ def render_keys(keys: Sequence[str], limit: int = MAX_KEY_LINES) -> list[str]:
 
 def render_finding(finding: Finding, *, color: bool = False) -> list[str]:
     count = len(finding.keys)
-    noun = "key" if count == 1 else "keys"
+    noun = ("entry" if count == 1 else "entries") if finding.kind == "unsafe_pickle" else (
+        "key" if count == 1 else "keys")  # unsafe_pickle names places in a container
     label = f"[{finding.kind}]"
     if color:
         label = f"{_RED if finding.kind != 'not_loaded' else _YELLOW}{label}{_RESET}"
