@@ -227,10 +227,10 @@ class CheckpointChecks:
     def _loaded(self, checkpoint: Any, check: str, safe_globals: Sequence[Any]) -> Any:
         __tracebackhide__ = True
         if isinstance(checkpoint, (str, Path)):
-            from pytest_ckpt.formats.torch_zip import load_weights_only
+            from pytest_ckpt.formats import load_checkpoint
 
-            loaded = self._reading(check, lambda: load_weights_only(Path(checkpoint),
-                                                                    safe_globals))
+            loaded = self._reading(check, lambda: load_checkpoint(Path(checkpoint),
+                                                                  safe_globals))
             self._flag(Path(checkpoint))
             return loaded
         return checkpoint
@@ -275,7 +275,8 @@ class CheckpointChecks:
             lambda: run_roundtrip(model, factory, spec, directory), label="ckpt_roundtrip",
             check="roundtrip")
         for outcome in outcomes:
-            self._record(f"roundtrip[{outcome.format}]", outcome.findings, outcome.error)
+            self._record(f"roundtrip[{outcome.format}]", outcome.findings, outcome.error,
+                         outcome.note)
         failed = [outcome for outcome in outcomes if not outcome.ok]
         if failed:
             self._fail("\n\n".join(self._roundtrip_message(model, outcome) for outcome in failed))

@@ -38,6 +38,7 @@ class Side:
     label: str
     manifest: Manifest
     facts: ModelFacts | None = None
+    model: Any = None  # the module built by a factory
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,6 +114,9 @@ def _layout_of(path: Path, format_name: str) -> dict[str, Any]:
         metadata = read_header(path).get("__metadata__", {})
         return {"layout": "safetensors (flat tensor map)", "weights_entry": None,
                 "others": {f"metadata.{key}": "str" for key in metadata}}
+    if format_name == "dcp":
+        return {"layout": "torch.distributed.checkpoint directory (read from .metadata)",
+                "weights_entry": None, "others": {}}
     from pytest_ckpt.container import container_layout
     from pytest_ckpt.formats.torch_zip import load_weights_only
 
@@ -134,6 +138,10 @@ def _diff(a: str, b: str, *, as_json: bool) -> int:
     reference, current = _side(a), _side(b)
     findings = diagnose(reference.manifest, current.manifest, facts=current.facts,
                         reference_name="checkpoint" if reference.facts is None else "model A")
+    if Path(a).is_dir() and current.model is not None:  # a DCP checkpoint: what dcp.load does
+        from pytest_ckpt.formats.dcp import dcp_load_findings
+
+        findings += dcp_load_findings(current.model, reference.manifest)
     if as_json:
         print(json.dumps({"a": a, "b": b, "compatible": not findings,
                           "findings": [finding.to_json() for finding in findings]}, indent=2))
@@ -170,7 +178,7 @@ def _side(spec: str) -> Side:
 
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
-    return Side(spec, Manifest.from_module(model), ModelFacts.from_module(model))
+    return Side(spec, Manifest.from_module(model), ModelFacts.from_module(model), model)
 
 
 if __name__ == "__main__":  # pragma: no cover

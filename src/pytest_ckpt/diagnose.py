@@ -64,6 +64,7 @@ def diagnose(reference: Manifest, current: Manifest, *, facts: ModelFacts | None
 
 def _diagnose(reference: Manifest, current: Manifest, facts: ModelFacts | None,
               reference_name: str) -> list[Finding]:
+    from pytest_ckpt.fsdp import fsdp_rule
     from pytest_ckpt.layouts import LAYOUT_RULES
     from pytest_ckpt.structure import STRUCTURE_RULES
 
@@ -72,7 +73,7 @@ def _diagnose(reference: Manifest, current: Manifest, facts: ModelFacts | None,
                    missing=set(missing), unexpected=set(unexpected))
     pool.findings += _tie_findings(reference, current, reference_name)
     pool.missing -= {key for finding in pool.findings for key in finding.keys}
-    rules: list[Rule] = [*STRUCTURE_RULES[:1], *LAYOUT_RULES, *STRUCTURE_RULES[1:]]
+    rules: list[Rule] = [fsdp_rule, *STRUCTURE_RULES[:1], *LAYOUT_RULES, *STRUCTURE_RULES[1:]]
     for rule in rules:
         if pool.missing or pool.unexpected:
             rule(pool)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KINDS = (
-    "missing", "unexpected", "missing_component", "prefix", "rename", "weight_norm_layout",
+    "missing", "unexpected", "fsdp_local_shards", "missing_component", "prefix", "rename",
+    "weight_norm_layout",
     "parametrization", "buffer_persistence", "mha_packing", "tied_weights", "shape", "dtype",
     "not_loaded", "value", "output", "unsafe_pickle", "training_state",
 )

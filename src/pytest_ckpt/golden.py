@@ -210,7 +210,7 @@ class GoldenOutcome:
     written_with: str  # "torch 2.1.2, pytest-ckpt 0.1.0"
     findings: tuple[Finding, ...] = ()
     error: str | None = None
-    note: str | None = None  # how the outputs matched: bitwise, or within RTOL
+    note: str | None = None  # set when the outputs matched within RTOL, not bitwise
 
     @property
     def ok(self) -> bool:
@@ -246,8 +246,8 @@ def check_golden(golden: GoldenFile, target: torch.nn.Module, inputs: Any,
         findings += _output_findings(sidecar, inputs, outputs)
         bitwise = all(outputs.get(name, {}).get("sha256") == recorded["sha256"]
                       for name, recorded in sidecar["outputs"].items())
-        note = "outputs bitwise equal" if bitwise else \
-            f"outputs within rtol {RTOL:g} of the recorded ones (bits differ)"
+        note = None if bitwise else (f"outputs within rtol {RTOL:g} of those recorded under "
+                                     f"torch {sidecar.get('torch')}, not bitwise equal")
     return GoldenOutcome(golden, written_with, tuple(sort_findings(findings)), note=note)
 
 

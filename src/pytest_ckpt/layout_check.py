@@ -9,10 +9,7 @@ process, which bypasses load_state_dict pre-hooks).
 
 from __future__ import annotations
 
-import importlib
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -147,26 +144,12 @@ def _safetensors_roundtrip(target: torch.nn.Module, state: dict[str, Any], path:
 
 
 def _dcp_roundtrip(target: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
-    dcp: Any = importlib.import_module("torch.distributed.checkpoint")
+    from pytest_ckpt.formats.dcp import load_state, save_state
 
-    with _single_process_dcp():
-        if hasattr(dcp, "save"):
-            dcp.save(state, checkpoint_id=str(path))
-            loaded = target.state_dict()
-            dcp.load(loaded, checkpoint_id=str(path))
-        else:  # torch 2.1
-            dcp.save_state_dict(state, dcp.FileSystemWriter(str(path)), no_dist=True)
-            loaded = target.state_dict()
-            dcp.load_state_dict(loaded, dcp.FileSystemReader(str(path)), no_dist=True)
+    save_state(state, path)
+    loaded = target.state_dict()
+    load_state(loaded, path)
     target.load_state_dict(loaded, strict=True)
-
-
-@contextmanager
-def _single_process_dcp() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        warnings.filterwarnings("ignore", category=FutureWarning)  # save_state_dict on old torch
-        yield
 
 
 def _has_meta(model: torch.nn.Module) -> bool:

@@ -15,6 +15,8 @@ from typing import Any
 _SAFE = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset",
          "builtins.bytearray", "builtins.complex", "builtins.slice", "builtins.range",
          "_codecs.encode")
+# torch globals that weights_only nevertheless refuses (FSDP's ShardedTensor, DTensor, ...)
+_REFUSED = ("torch.distributed.",)
 
 _NUMPY_DTYPES = {"f2": "Float16", "f4": "Float32", "f8": "Float64", "i1": "Int8", "i2": "Int16",
                  "i4": "Int32", "i8": "Int64", "u1": "UInt8", "u2": "UInt16", "u4": "UInt32",
@@ -124,7 +126,7 @@ def _scan(path: Path) -> _Scanned | None:
 
 def _walk(value: Any, path: str, inside: bool = False) -> Iterator[tuple[str, str]]:
     if isinstance(value, _Stub):
-        if not value.describe().startswith(_SAFE):
+        if not value.describe().startswith(_SAFE) or value.describe().startswith(_REFUSED):
             yield path or "<root>", value.describe()
         if value.describe() == "numpy.dtype" and value.args and value.args[0] in _NUMPY_DTYPES:
             # torch also checks the class of the dtype it builds: numpy.dtypes.Float64DType

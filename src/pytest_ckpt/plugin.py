@@ -50,9 +50,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if config.option.ckpt_report and not hasattr(config, "workerinput"):
-        path = config.invocation_params.dir / config.option.ckpt_report
-        config.pluginmanager.register(CkptReportWriter(str(path)), "ckpt-report")
+    if not hasattr(config, "workerinput"):
+        path = config.option.ckpt_report
+        config.pluginmanager.register(CkptResults(
+            str(config.invocation_params.dir / path) if path else None), "ckpt-results")
     config.addinivalue_line(
         "markers",
         f"{MARKER}(formats=('torch',), inputs=None, load=None, snapshot=True, name=None, "
@@ -187,12 +188,13 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     return result
 
 
-class CkptReportWriter:
-    """Registered with --ckpt-report: collects check results from the ``call`` reports (xdist
-    workers send them to the controller) and writes one JSON file, in the controller only."""
+class CkptResults:
+    """Collects check results from the ``call`` reports (xdist workers send them to the
+    controller with each report); writes --ckpt-report and lists the checks' notes (what a
+    passing check did not cover) in the terminal summary."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, report_path: str | None) -> None:
+        self.report_path = report_path
         self.entries: list[tuple[str, dict[str, Any]]] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -203,8 +205,16 @@ class CkptReportWriter:
                             for name, entry in report.user_properties
                             if name == REPORT_PROPERTY and isinstance(entry, dict))
 
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        notes = sorted(((nodeid, entry) for nodeid, entry in self.entries if entry.get("note")),
+                       key=lambda item: (item[0], item[1]["check"]))
+        if notes:
+            terminalreporter.section("pytest-ckpt notes")
+            for nodeid, entry in notes:
+                terminalreporter.line(f"{nodeid} {entry['check']}: {entry['note']}")
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if hasattr(session.config, "workerinput"):
+        if not self.report_path or hasattr(session.config, "workerinput"):
             return
         import json
         from pathlib import Path
@@ -213,7 +223,7 @@ class CkptReportWriter:
         from pytest_ckpt.snapshots import atomic_write_text
 
         report = build_report(self.entries)
-        atomic_write_text(Path(self.path), json.dumps(report, indent=1) + "\n")
+        atomic_write_text(Path(self.report_path), json.dumps(report, indent=1) + "\n")
 
 
 def _globs(value: Any) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ class FormatOutcome:
     findings: tuple[Finding, ...] = ()
     error: str | None = None  # an exception raised by the save or the user's load path
     headline: str | None = None  # what broke, when not "the round-trip through <format>"
+    note: str | None = None  # what was not checked, said in the run's summary
 
     @property
     def ok(self) -> bool:
@@ -77,6 +78,8 @@ def run_roundtrip(source: torch.nn.Module, make_target: Callable[[], torch.nn.Mo
                              f"{type(source).__name__}")
     for name in spec.formats:
         get_format(name)  # unknown names fail before any work
+    if _on_meta(source):
+        return [_meta_outcome(source, make_target, spec, directory)]
     layouts = layouts_option(spec.weight_norm, source)
     loaders = loaders_option(spec.loaders)
     inputs = make_inputs(spec.inputs)
@@ -133,11 +136,9 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
     saved = Manifest.from_state_dict(loaded)
     source_state = source.state_dict()
     before = prepare_target(target, source_state)
-    try:
-        (spec.load or default_load)(target, loaded)
-    except Exception as error:  # the user's load path failed: diagnose, then report it
-        return FormatOutcome(name, path, tuple(_key_findings(saved, target)),
-                             f"{type(error).__name__}: {first_line(error, limit=300)}")
+    failure = load_through(spec.load or default_load, target, loaded, saved)
+    if failure is not None:
+        return FormatOutcome(name, path, *failure)
     del loaded
     findings = _key_findings(saved, target)
     findings += value_findings(source_state, target.state_dict(), before)
@@ -148,9 +149,65 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
     return FormatOutcome(name, path, tuple(sort_findings(findings)))
 
 
-def _key_findings(saved: Manifest, target: torch.nn.Module) -> list[Finding]:
+META_NOTE = ("built on the meta device: keys, shapes, dtypes, tie groups and the "
+             "load_state_dict(assign=True) path checked; values and outputs not checked "
+             "(no data), no file written")
+
+
+def _on_meta(model: torch.nn.Module) -> bool:
+    import torch
+
+    return any(isinstance(tensor, torch.Tensor) and tensor.is_meta
+               for tensor in model.state_dict().values())
+
+
+def _meta_outcome(source: torch.nn.Module, make_target: Callable[[], torch.nn.Module] | None,
+                  spec: RoundtripSpec, directory: Path) -> FormatOutcome:
+    """A model without data: its state_dict goes through the load path into a meta target
+    (default ``load_state_dict(strict=True, assign=True)``); keys, shapes, dtypes, ties."""
+    target = make_target() if make_target is not None else copy.deepcopy(source)
+    state = source.state_dict()
+    saved = Manifest.from_state_dict(state)
+    failure = load_through(spec.load or _assign_load, target, state, saved)
+    if failure is not None:
+        return FormatOutcome("meta", directory, *failure, note=META_NOTE)
+    findings = _key_findings(saved, target) + _tie_findings(source, target)
+    return FormatOutcome("meta", directory, tuple(sort_findings(findings)), note=META_NOTE)
+
+
+def _assign_load(target: torch.nn.Module, state: dict[str, Any]) -> Any:
+    return target.load_state_dict(state, strict=True, assign=True)
+
+
+def load_through(load: Callable[..., Any], target: torch.nn.Module, state: dict[str, Any],
+                 saved: Manifest) -> tuple[tuple[Finding, ...], str] | None:
+    """Run the user's load path; when it raises, the findings and the error line. The keys
+    diagnosed are those the load path handed to ``target.load_state_dict`` (after its own
+    remapping), or the saved file's when it never got that far."""
+    handed: list[Manifest] = []
+    original = target.load_state_dict
+
+    def recording(state_dict: Any, *args: Any, **kwargs: Any) -> Any:
+        handed.append(Manifest.from_state_dict(state_dict))
+        return original(state_dict, *args, **kwargs)
+
+    target.load_state_dict = recording  # type: ignore[method-assign]
+    try:
+        load(target, state)
+    except Exception as error:  # the user's load path failed: diagnose, then report it
+        passed = handed[-1] if handed else saved
+        name = "saved file" if passed == saved else "state_dict the load path passed"
+        findings = _key_findings(passed, target, name)
+        return tuple(findings), f"{type(error).__name__}: {first_line(error, limit=300)}"
+    finally:
+        del target.load_state_dict
+    return None
+
+
+def _key_findings(saved: Manifest, target: torch.nn.Module,
+                  name: str = "saved file") -> list[Finding]:
     return diagnose(saved, Manifest.from_module(target), facts=ModelFacts.from_module(target),
-                    reference_name="saved file")
+                    reference_name=name)
 
 
 def prepare_target(target: torch.nn.Module,

@@ -1,10 +1,13 @@
-"""One adapter per checkpoint format, behind the small :class:`CheckpointFormat` protocol.
+"""One adapter per checkpoint format, behind the small :class:`CheckpointFormat` protocol:
+torch zip (and legacy) files, safetensors files, ``torch.distributed.checkpoint`` directories.
 
-Every load uses ``weights_only=True``: nothing from a pickle is ever executed.
+Every torch load uses ``weights_only=True`` and DCP metadata is read by an unpickler that admits
+only DCP's own types: nothing from a pickle is ever executed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,7 +32,7 @@ class CheckpointFormat(Protocol):
     def read_manifest(self, path: Path) -> Manifest: ...
 
 
-FORMAT_NAMES = ("torch", "safetensors")
+FORMAT_NAMES = ("torch", "safetensors", "dcp")
 
 
 def get_format(name: str) -> CheckpointFormat:
@@ -42,12 +45,31 @@ def get_format(name: str) -> CheckpointFormat:
         from pytest_ckpt.formats.safetensors_file import SafetensorsFormat
 
         return SafetensorsFormat()
+    if name == "dcp":
+        from pytest_ckpt.formats.dcp import DcpFormat
+
+        return DcpFormat()
+    if name.startswith("dcp-"):
+        from pytest_ckpt.formats.dcp_sharded import PATTERN, ShardedDcpFormat
+
+        match = PATTERN.match(name)
+        if match:
+            return ShardedDcpFormat(int(match.group(1)), int(match.group(2)))
     known = ", ".join(FORMAT_NAMES)
-    raise ValueError(f"unknown checkpoint format {name!r}; known formats: {known}")
+    raise ValueError(f"unknown checkpoint format {name!r}; known formats: {known}, and "
+                     "dcp-N-M (saved by N processes, loaded by M; 1 to 8)")
 
 
 def detect_format(path: Path) -> CheckpointFormat:
-    """Pick the adapter from the file's first bytes, not its name."""
+    """Pick the adapter from the file's first bytes (or a DCP directory's ``.metadata``),
+    not its name."""
+    if path.is_dir():
+        from pytest_ckpt.formats.dcp import is_dcp_directory
+
+        if is_dcp_directory(path):
+            return get_format("dcp")
+        raise CheckpointReadError(path, "is a directory without a .metadata file, not a "
+                                        "torch.distributed.checkpoint checkpoint")
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
@@ -91,3 +113,13 @@ def file_notes(path: Path) -> list[str]:
                      "map_location='cpu'; save release artifacts from CPU tensors "
                      "(model.cpu().state_dict())")
     return notes
+
+
+def load_checkpoint(path: Path, safe_globals: Sequence[Any] = ()) -> Any:
+    """What a checkpoint holds: ``torch.load(weights_only=True)`` of a file (the container as
+    saved), or the tensors of a DCP directory (``safe_globals`` apply to torch files)."""
+    if path.is_dir():
+        return get_format("dcp").load(path)
+    from pytest_ckpt.formats.torch_zip import load_weights_only
+
+    return load_weights_only(path, safe_globals)
