@@ -16,6 +16,7 @@ from torch import nn
 from pytest_ckpt.errors import CheckpointReadError
 from pytest_ckpt.formats import detect_format
 from pytest_ckpt.formats.dcp import manifest_from_metadata, save_state
+from pytest_ckpt.formats.dcp_sharded import has_public_dtensor
 
 
 def test_dcp_round_trip_in_one_process(project, mode):
@@ -35,6 +36,11 @@ def test_dcp_round_trip_in_one_process(project, mode):
     assert checks == {"roundtrip[torch]", "roundtrip[dcp]"}
 
 
+needs_dtensor = pytest.mark.skipif(not has_public_dtensor(),
+                                   reason="sharded DCP round-trips need torch >= 2.4 (DTensor)")
+
+
+@needs_dtensor
 def test_dcp_saved_by_two_processes_loads_in_one_and_the_reverse(project):
     project.makepyfile(test_d='''
         import pytest
@@ -53,6 +59,7 @@ def test_dcp_saved_by_two_processes_loads_in_one_and_the_reverse(project):
         "roundtrip[dcp-2-1]": "passed", "roundtrip[dcp-1-2]": "passed"}
 
 
+@needs_dtensor
 def test_a_rank_that_fails_is_reported_with_its_output(tmp_path):
     from pytest_ckpt.formats import get_format
 
@@ -150,3 +157,20 @@ def test_diff_of_a_dcp_checkpoint_says_what_dcp_load_would_do_silently(tmp_path)
             "model have one (0), which Module.load_state_dict would use to convert old keys "
             "(e.g. legacy weight_norm); through dcp.load these stay unloaded") in out
     assert "0.parametrizations.weight.original0" in out
+
+
+@pytest.mark.skipif(has_public_dtensor(), reason="this torch has DTensor")
+def test_sharded_dcp_on_a_torch_without_dtensor_says_so(project):
+    project.makepyfile(test_d='''
+        import pytest
+        from nets import Net
+
+        @pytest.mark.ckpt_roundtrip(formats=("dcp-2-1",), snapshot=False)
+        def test_net():
+            return Net()
+    ''')
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["ckpt_roundtrip used wrongly in test_d.py::test_net: format "
+                                 "'dcp-2-1' needs torch.distributed.tensor (DTensor, torch >= "
+                                 "2.4); torch * lacks it: use formats=('dcp',) on this torch"])

@@ -128,11 +128,13 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
                    spec: RoundtripSpec, inputs: Any,
                    expected_outputs: dict[str, torch.Tensor] | None) -> FormatOutcome:
     fmt = get_format(name)
-    fmt.save(source, path)
     try:
+        fmt.save(source, path)
         loaded = fmt.load(path)
-    except CheckpointReadError as error:
-        return FormatOutcome(name, path, (Finding("unsafe_pickle", (), error.reason),))
+    except CheckpointReadError as error:  # a refusal, or a format's own failure (a DCP rank)
+        if error.unsafe:
+            return FormatOutcome(name, path, (Finding("unsafe_pickle", (), error.reason),))
+        return FormatOutcome(name, path, error=error.reason)
     saved = Manifest.from_state_dict(loaded)
     source_state = source.state_dict()
     before = prepare_target(target, source_state)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
-from pytest_ckpt.errors import CheckpointReadError
+from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
 from pytest_ckpt.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -42,6 +42,11 @@ class ShardedDcpFormat:
 
     def save(self, module: torch.nn.Module, path: Path) -> None:
         import torch
+
+        if not has_public_dtensor():
+            raise CkptUsageError(
+                f"format {self.name!r} needs torch.distributed.tensor (DTensor, torch >= 2.4); "
+                f"torch {torch.__version__} lacks it: use formats=('dcp',) on this torch")
 
         source = path.with_suffix(".source.pt")
         torch.save({k: v for k, v in module.state_dict().items()
@@ -97,12 +102,18 @@ def _free_port() -> int:
 
 # -- the rank processes ------------------------------------------------------------------
 
-def _dtensor_api() -> Any:
-    """DTensor and DeviceMesh: public since torch 2.4, ``_tensor`` before."""
+def has_public_dtensor() -> bool:
+    """Sharded DCP round-trips need the public DTensor API (torch >= 2.4): DCP of older torch
+    (2.1) fails to plan a multi-rank save of DTensors on a CPU mesh."""
     try:
-        return importlib.import_module("torch.distributed.tensor")
-    except ImportError:  # pragma: no cover - torch < 2.4
-        return importlib.import_module("torch.distributed._tensor")
+        module = importlib.import_module("torch.distributed.tensor")
+    except ImportError:
+        return False
+    return hasattr(module, "distribute_tensor")
+
+
+def _dtensor_api() -> Any:
+    return importlib.import_module("torch.distributed.tensor")
 
 
 def _shard(tensor: torch.Tensor, mesh: Any, world: int) -> Any:
@@ -113,10 +124,14 @@ def _shard(tensor: torch.Tensor, mesh: Any, world: int) -> Any:
 
 
 def _gather(value: Any) -> Any:
+    import torch
+
     api = _dtensor_api()
-    if isinstance(value, api.DTensor):
-        return value.redistribute(value.device_mesh, [api.Replicate()]).to_local()
-    return value
+    if not isinstance(value, api.DTensor):
+        return value
+    local = value.redistribute(value.device_mesh, [api.Replicate()]).to_local()
+    plain = torch.empty(local.shape, dtype=local.dtype)  # not a (waiting) tensor subclass
+    return plain.copy_(local)
 
 
 def _poisoned(tensor: torch.Tensor) -> torch.Tensor:
@@ -155,11 +170,9 @@ def _rank_main(role: str, rank: int, world: int, port: int, source: Path, checkp
 
 
 def _device_mesh(world: int) -> Any:
-    try:
-        module = importlib.import_module("torch.distributed.device_mesh")
-    except ImportError:  # pragma: no cover - torch < 2.2
-        module = _dtensor_api()
-    return module.DeviceMesh("cpu", list(range(world)))
+    """A 1-D CPU mesh over every rank."""
+    return importlib.import_module("torch.distributed.device_mesh").DeviceMesh(
+        "cpu", list(range(world)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
