@@ -55,9 +55,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gib", type=float, default=3.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)  # the writer child
     args = parser.parse_args()
+    if args.write:
+        write_files(args.write, args.size_gib)
+        return
     with tempfile.TemporaryDirectory(prefix="ckpt-bench-show-") as name:
-        paths = write_files(Path(name), args.size_gib)
+        # written by a child: ru_maxrss survives fork+exec, so this process must stay small
+        subprocess.run([sys.executable, __file__, "--write", name, "--size-gib",
+                        str(args.size_gib)], check=True)
+        paths = {"safetensors": Path(name) / "model.safetensors",
+                 "torch": Path(name) / "model.pt"}
         print(f"files: {args.size_gib:g} GiB each ({TENSOR_MIB} MiB float32 tensors); "
               f"median of {args.repeat} fresh children")
         print(f"{'format':<12} {'show s':>8} {'full s':>8} {'wall ratio':>10} "

@@ -17,3 +17,10 @@ def test_llama_7b_key_set_matches_snapshot_on_meta(ckpt):
     with torch.device("meta"):
         model = Llama(LlamaConfig.llama_7b())
     ckpt.assert_manifest(model)
+
+
+# No data, no file: keys, shapes, dtypes, ties and the assign=True load path of the 7B model.
+@pytest.mark.ckpt_roundtrip(snapshot=False)
+def test_llama_7b_round_trips_on_meta():
+    with torch.device("meta"):
+        return Llama(LlamaConfig.llama_7b())

@@ -17,7 +17,7 @@ def test_example_suite_is_green(example_project, mode):
     before = snapshot_files(example_project.path)
     goldens = _golden_files(example_project.path)
     result = example_project.runpytest("example_models", *mode)
-    result.assert_outcomes(passed=19, xfailed=2)
+    result.assert_outcomes(passed=20, xfailed=2)
     assert snapshot_files(example_project.path) == before
     assert _golden_files(example_project.path) == goldens
 

@@ -103,7 +103,24 @@ def _session_state(config: pytest.Config) -> CkptSessionState:
             update=bool(config.option.ckpt_snapshot_update),
             collisions=config.stash.get(_COLLISIONS, {}),
             golden_max_bytes=str(config.getini("ckpt_golden_max_bytes")))
+        _share_cores_between_workers(config)
     return config.stash[_STATE]
+
+
+def _share_cores_between_workers(config: pytest.Config) -> None:
+    """In an xdist worker, give torch its share of the CPU (cores // workers intra-op
+    threads) unless the user chose (OMP_NUM_THREADS): N workers each running torch's default
+    one thread per core oversubscribe the machine and run slower than one process."""
+    import os
+
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if not workers or "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // int(workers)))
 
 
 @pytest.fixture
