@@ -15,19 +15,20 @@ from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
 from pytest_ckpt.facts import ModelFacts
 from pytest_ckpt.findings import Finding, render_failure
 from pytest_ckpt.formats import read_checkpoint_manifest
+from pytest_ckpt.golden_checks import GoldenChecks
 from pytest_ckpt.manifest import Manifest, ManifestParseError
 from pytest_ckpt.roundtrip import FormatOutcome, RoundtripSpec, formats_option, run_roundtrip
 from pytest_ckpt.snapshots import (
     SchemaSnapshotExtension,
     compare_with_snapshot,
     manifest_assertion,
+    relative,
 )
 
 if TYPE_CHECKING:
     import torch
     from syrupy.assertion import SnapshotAssertion
 
-    from pytest_ckpt.golden import GoldenOutcome
     from pytest_ckpt.schema import Schema
 
 UPDATE_FLAG = "--ckpt-snapshot-update"
@@ -65,7 +66,7 @@ class CkptSessionState:
 
 
 @final
-class CheckpointChecks:
+class CheckpointChecks(GoldenChecks):
     """The ``ckpt`` fixture: ``roundtrip``, ``assert_manifest``, ``assert_schema``."""
 
     def __init__(self, *, nodeid: str, snapshot: SnapshotAssertion, tmp_path: Path,
@@ -103,7 +104,7 @@ class CheckpointChecks:
         facts = _facts_of(obj)
         if result.stored is None:
             self._fail(render_failure(
-                f"no manifest snapshot for this test yet ({_relative(location)})",
+                f"no manifest snapshot for this test yet ({relative(location)})",
                 [], f"create it with: {self.update_command}", color=self._color), check=check)
         message, findings = self._snapshot_message(result.stored or "", manifest, location,
                                                    facts)
@@ -126,17 +127,17 @@ class CheckpointChecks:
             self._record(check)
             return schema
         if result.stored is None:
-            self._fail(f"no schema snapshot for this test yet ({_relative(location)})\n"
+            self._fail(f"no schema snapshot for this test yet ({relative(location)})\n"
                        f"create it with: {self.update_command}", check=check)
         try:
             reference = Schema.parse(result.stored or "")
         except ManifestParseError as error:
-            self._fail(f"schema snapshot {_relative(location)} is corrupt: {error}\n"
+            self._fail(f"schema snapshot {relative(location)} is corrupt: {error}\n"
                        f"rewrite it with: {self.update_command}", check=check)
         findings = diff_schemas(reference, schema) or [
             Finding("training_state", (), "schema text differs (formatting only)")]
         self._fail(render_failure(f"checkpoint schema differs from snapshot "
-                                  f"{_relative(location)}", findings,
+                                  f"{relative(location)}", findings,
                                   _fix_for(findings, self.update_command), color=self._color),
                    check=check, findings=findings)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -284,83 +285,6 @@ class CheckpointChecks:
             self.assert_manifest(model, name=name)
         return outcomes
 
-    def golden(self, model: torch.nn.Module, *, name: str | None = None,
-               inputs: Callable[[], Any] | None = None, load: Callable[..., Any] | None = None,
-               factory: Callable[[], torch.nn.Module] | None = None,
-               max_bytes: int | str | None = None) -> list[GoldenOutcome]:
-        """Load every golden checkpoint of this test (one per torch minor version) into a
-        fresh ``factory()`` (default: a poisoned copy of ``model``) through ``load`` and
-        require keys, values and the output fingerprint on ``inputs`` to match; with
-        --ckpt-snapshot-update, first write this torch version's golden of ``model``."""
-        __tracebackhide__ = True
-        import torch
-
-        return self._golden(model, name=name, inputs=inputs, load=load, factory=factory,
-                            max_bytes=max_bytes, seed=torch.initial_seed())
-
-    def _golden(self, model: torch.nn.Module, *, name: str | None, inputs: Any, load: Any,
-                factory: Any, max_bytes: int | str | None, seed: int) -> list[GoldenOutcome]:
-        __tracebackhide__ = True
-        from pytest_ckpt import golden as goldens
-        from pytest_ckpt.roundtrip import make_inputs, poisoned_copy
-
-        limit = self._usage(_size_option, self._state.golden_max_bytes
-                            if max_bytes is None else max_bytes)
-        self._usage(_real_module, model)
-        directory = goldens.golden_directory(self._claim_golden(name))
-        sample = self._usage(make_inputs, inputs)
-        if self._update:
-            self._write_golden(model, sample, directory, limit, seed)
-        found = goldens.goldens_in(directory)
-        if not found:
-            self._fail(f"no golden checkpoint for this test yet ({_relative(directory)})\n"
-                       f"create it with: {self.update_command}", check="golden")
-        outcomes = []
-        for golden in found:
-            target = factory() if factory is not None else poisoned_copy(model)
-            try:
-                outcome = self._usage(goldens.check_golden, golden, target, sample, load)
-            except CheckpointReadError as error:
-                outcome = goldens.GoldenOutcome(golden, "?", error=str(error))
-            self._record(f"golden[{golden.label}]", outcome.findings, outcome.error,
-                         outcome.note)
-            outcomes.append(outcome)
-        failed = [outcome for outcome in outcomes if not outcome.ok]
-        if failed:
-            self._fail("\n\n".join(self._golden_message(model, outcome) for outcome in failed))
-        return outcomes
-
-    def _write_golden(self, model: torch.nn.Module, sample: Any, directory: Path, limit: int,
-                      seed: int) -> None:
-        __tracebackhide__ = True
-        from pytest_ckpt import golden as goldens
-        from pytest_ckpt.roundtrip import model_outputs
-
-        outputs = self._usage(model_outputs, model, sample, "the model given to golden")
-        data, sidecar = goldens.serialise(model, sample, test=self._nodeid, seed=seed,
-                                          outputs=outputs)
-        try:
-            goldens.write_golden(directory, data, sidecar, max_bytes=limit)
-        except goldens.GoldenTooLarge as error:
-            self._fail(f"{error}: goldens are meant to be small and committed\n"
-                       "fix: build the golden's model from a tiny config (few layers, small "
-                       "widths), or raise the limit with max_bytes= or the ini option "
-                       "ckpt_golden_max_bytes", check="golden")
-
-    def _golden_message(self, model: torch.nn.Module, outcome: GoldenOutcome) -> str:
-        kinds = ", ".join(dict.fromkeys(finding.kind for finding in outcome.findings))
-        raised = f"the load raised {outcome.error.rstrip(':')}" if outcome.error else ""
-        why = f"{kinds} ({raised})" if kinds and raised else kinds or raised
-        golden = outcome.golden
-        headline = (f"golden checkpoint {golden.label} ({_relative(golden.path)}, written with "
-                    f"{outcome.written_with}) no longer loads into {type(model).__name__} as "
-                    f"it did: {why}")
-        fix = (f"fix: keep this published checkpoint loading (remap old keys in load=..., or "
-               f"accept old layouts, e.g. pytest_ckpt.compat.accept_any_weight_norm); if "
-               f"breaking it is intended, delete {golden.path.name} or rewrite it under "
-               f"{golden.label.replace('-', ' ')} with: {self.update_command}")
-        return render_failure(headline, outcome.findings, fix, color=self._color)
-
     def run_marked_test(self, function: Callable[..., Any], arguments: dict[str, Any],
                         options: dict[str, Any]) -> None:
         """Call a ``ckpt_roundtrip`` test for its model; call it again (other seed) as target;
@@ -416,11 +340,11 @@ class CheckpointChecks:
         try:
             reference = Manifest.parse(stored)
         except ManifestParseError as error:
-            return (f"manifest snapshot {_relative(location)} is corrupt: {error}\n"
+            return (f"manifest snapshot {relative(location)} is corrupt: {error}\n"
                     f"rewrite it with: {self.update_command}"), []
         findings = diagnose(reference, manifest, facts=facts, reference_name="snapshot")
         counts = f"{len(reference)} entries in the snapshot, {len(manifest)} in the model"
-        headline = f"manifest differs from snapshot {_relative(location)} ({counts})"
+        headline = f"manifest differs from snapshot {relative(location)} ({counts})"
         fix = _fix_for(findings, self.update_command)
         if not findings:
             findings = [Finding("value", (), "snapshot text differs (formatting only)")]
@@ -451,16 +375,6 @@ class CheckpointChecks:
 
         return self._claim_path(snapshot_location(assertion or self._assertion, name), name)
 
-    def _claim_golden(self, name: str | None) -> Path:
-        """The manifest location the goldens are named after, claimed for this test."""
-        __tracebackhide__ = True
-        from pytest_ckpt.golden import golden_directory
-        from pytest_ckpt.snapshots import golden_manifest_location
-
-        location = golden_manifest_location(self._assertion, name)
-        self._claim_path(golden_directory(location), name)
-        return location
-
     def _claim_path(self, location: Path, name: str | None) -> Path:
         __tracebackhide__ = True
         others = self._state.collisions.get(self._nodeid, []) if name is None else []
@@ -469,7 +383,7 @@ class CheckpointChecks:
             others = [owner]
         if others:
             self._fail(f"snapshot name collision: {self._nodeid} and {', '.join(others)} "
-                       f"would share {_relative(location)}\n"
+                       f"would share {relative(location)}\n"
                        "fix: give the tests distinct names or pass name=... to assert_manifest")
         return location
 
@@ -522,26 +436,6 @@ def _same_across_torch(location: Path, schema: Schema) -> str:
     return stored if reference.without_torch_flags() == schema.without_torch_flags() else text
 
 
-def _size_option(value: int | str) -> int:
-    from pytest_ckpt.golden import parse_size
-
-    try:
-        return parse_size(value)
-    except ValueError as error:
-        raise CkptUsageError(f"max_bytes / ckpt_golden_max_bytes: {error}") from None
-
-
-def _real_module(model: Any) -> None:
-    import torch
-
-    if not isinstance(model, torch.nn.Module):
-        raise CkptUsageError(f"golden needs a torch.nn.Module, got {type(model).__name__}")
-    if any(tensor.is_meta for tensor in model.state_dict().values()
-           if isinstance(tensor, torch.Tensor)):
-        raise CkptUsageError("golden needs a model with real tensors, not one built on the "
-                             "meta device (use a tiny config on the CPU)")
-
-
 def _patterns(value: Any) -> tuple[str, ...]:
     patterns = (value,) if isinstance(value, str) else tuple(value)
     if not all(isinstance(pattern, str) for pattern in patterns):
@@ -561,10 +455,3 @@ def _fix_for(findings: list[Finding], update_command: str) -> str:
             return _FIXES[finding.kind].format(update=update_command)
     return (f"fix: keep published checkpoints loading as the hints say; if this change is "
             f"intended, run: {update_command}")
-
-
-def _relative(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)

@@ -116,3 +116,10 @@ def compare_with_snapshot(assertion: SnapshotAssertion, text: str,
     target = assertion(name=name) if name else assertion
     matched = bool(target == text)
     return SnapshotComparison(location, stored, matched, written=matched and stored != text)
+
+
+def relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
