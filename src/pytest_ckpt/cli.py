@@ -118,9 +118,15 @@ def _layout_of(path: Path, format_name: str) -> dict[str, Any]:
         return {"layout": "torch.distributed.checkpoint directory (read from .metadata)",
                 "weights_entry": None, "others": {}}
     from pytest_ckpt.container import container_layout
-    from pytest_ckpt.formats.torch_zip import load_weights_only
+    from pytest_ckpt.formats.torch_header import is_record, read_container
 
-    layout = container_layout(load_weights_only(path))
+    container = read_container(path)
+    if container is not None:
+        layout = container_layout(container, is_record)
+    else:
+        from pytest_ckpt.formats.torch_zip import load_weights_only
+
+        layout = container_layout(load_weights_only(path))
     if layout is None:
         raise CheckpointReadError(path, "holds no state_dict")
     return layout.to_json()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,21 +29,27 @@ class ContainerLayout:
                 "others": dict(self.others)}
 
 
-def is_state_dict(value: Any) -> bool:
+def is_torch_tensor(value: Any) -> bool:
     import torch
 
+    return isinstance(value, torch.Tensor)
+
+
+def is_state_dict(value: Any, is_tensor: Callable[[Any], bool] = is_torch_tensor) -> bool:
     return isinstance(value, dict) and bool(value) and all(
-        isinstance(item, torch.Tensor) for item in value.values())
+        is_tensor(item) for item in value.values())
 
 
-def container_layout(loaded: Any) -> ContainerLayout | None:
-    """Describe a loaded checkpoint; ``None`` when it holds no state_dict."""
-    if is_state_dict(loaded):
+def container_layout(loaded: Any,
+                     is_tensor: Callable[[Any], bool] = is_torch_tensor) -> ContainerLayout | None:
+    """Describe a loaded checkpoint (``is_tensor`` tells its tensors, torch's by default);
+    ``None`` when it holds no state_dict."""
+    if is_state_dict(loaded, is_tensor):
         return ContainerLayout("bare state_dict", None, ())
     if not isinstance(loaded, dict):
         return None
     for entry in WEIGHT_ENTRIES:
-        if is_state_dict(loaded.get(entry)):
+        if is_state_dict(loaded.get(entry), is_tensor):
             others = tuple((str(key), type(value).__name__) for key, value in loaded.items()
                            if key != entry)
             return ContainerLayout(f"{{{entry!r}: state_dict}}", entry, others)

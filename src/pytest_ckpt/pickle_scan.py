@@ -8,6 +8,7 @@ import pickle
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ _NUMPY_DTYPES = {"f2": "Float16", "f4": "Float32", "f8": "Float64", "i1": "Int8"
                  "u8": "UInt64", "b1": "Bool", "c8": "Complex64", "c16": "Complex128"}
 
 
-class _Stub:
+class Stub:
     """An instance of a global the checkpoint names; records its arguments, runs nothing."""
 
     qualname = "?"
@@ -41,9 +42,9 @@ class _Stub:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
-    def __call__(self, *args: Any, **kwargs: Any) -> _Stub:
+    def __call__(self, *args: Any, **kwargs: Any) -> Stub:
         """A call of something the pickle built (``getattr(Path, 'touch')(...)``)."""
-        stub: _Stub = type("call", (_Stub,), {"qualname": self.describe()})(*args)
+        stub: Stub = type("call", (Stub,), {"qualname": self.describe()})(*args)
         return stub
 
     def describe(self) -> str:
@@ -63,8 +64,18 @@ class _Stub:
             self.append(value)
 
 
-class _Dict(dict[Any, Any]):
+class StandInDict(dict[Any, Any]):
     """An OrderedDict stand-in that takes attributes (a state_dict's ``_metadata``)."""
+
+
+@dataclass(frozen=True)
+class StorageRecord:
+    """A tensor storage the pickle refers to: ``('storage', type, key, location, numel)``."""
+
+    storage_type: str  # the global naming its element type: ``torch.FloatStorage``
+    key: str  # its entry in the archive's ``data/`` directory
+    location: str
+    numel: int
 
 
 class _Scanner(pickle.Unpickler):
@@ -74,36 +85,44 @@ class _Scanner(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("collections", "OrderedDict"):
-            return _Dict  # a plain container: nothing to run
-        return type(name, (_Stub,), {"qualname": f"{module}.{name}"})
+            return StandInDict  # a plain container: nothing to run
+        return type(name, (Stub,), {"qualname": f"{module}.{name}"})
 
     def persistent_load(self, pid: Any) -> Any:
         """A tensor storage record, ``('storage', type, key, location, numel, ...)``: its
         device tag is counted, its data never read."""
         if isinstance(pid, tuple) and len(pid) > 3 and pid[0] == "storage":
             self.locations[str(pid[3])] += 1
+            numel = pid[4] if len(pid) > 4 and isinstance(pid[4], int) else -1
+            return StorageRecord(getattr(pid[1], "qualname", "?"), str(pid[2]), str(pid[3]),
+                                 numel)
         return None
 
 
 def unsafe_globals(path: Path) -> list[tuple[str, str]]:
     """(container path, global) for each global weights_only would refuse."""
-    scanned = _scan(path)
+    scanned = scan(path)
     return [] if scanned is None else sorted(set(_walk(scanned.root, "")))
 
 
 def storage_locations(path: Path) -> dict[str, int]:
     """How many tensor storages the file tags with each device (``{'cpu': 10, 'cuda:0': 2}``)."""
-    scanned = _scan(path)
+    scanned = scan(path)
     return {} if scanned is None else dict(scanned.locations)
 
 
-class _Scanned:
-    def __init__(self, root: Any, locations: Counter[str]) -> None:
-        self.root = root
-        self.locations = locations
+@dataclass(frozen=True)
+class Scanned:
+    """A scanned file: its container (globals as stand-ins, storages as
+    :class:`StorageRecord`), the device tags of its storages, and for a zip file the
+    archive's directory prefix (``archive/``)."""
+
+    root: Any
+    locations: Counter[str]
+    prefix: str | None = None
 
 
-def _scan(path: Path) -> _Scanned | None:
+def scan(path: Path) -> Scanned | None:
     """The container of a torch zip or legacy file, every global a stand-in; ``None`` when
     it cannot be read that way."""
     try:
@@ -114,18 +133,19 @@ def _scan(path: Path) -> _Scanned | None:
                 if not names:
                     return None
                 scanner = _Scanner(io.BytesIO(archive.read(names[0])))
-                return _Scanned(scanner.load(), scanner.locations)
+                return Scanned(scanner.load(), scanner.locations,
+                               names[0].removesuffix("data.pkl"))
         with open(path, "rb") as stream:  # legacy: magic, protocol, sys_info, then the data
             for _ in range(3):
                 _Scanner(stream).load()
             scanner = _Scanner(stream)
-            return _Scanned(scanner.load(), scanner.locations)
+            return Scanned(scanner.load(), scanner.locations)
     except Exception:
         return None
 
 
 def _walk(value: Any, path: str, inside: bool = False) -> Iterator[tuple[str, str]]:
-    if isinstance(value, _Stub):
+    if isinstance(value, Stub):
         if not value.describe().startswith(_SAFE) or value.describe().startswith(_REFUSED):
             yield path or "<root>", value.describe()
         if value.describe() == "numpy.dtype" and value.args and value.args[0] in _NUMPY_DTYPES:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from pytest_ckpt.facts import ModelFacts
 from pytest_ckpt.findings import Finding, sort_findings
 from pytest_ckpt.formats import get_format
 from pytest_ckpt.manifest import Manifest
+from pytest_ckpt.pages import released_as_loaded, settle
 from pytest_ckpt.values import (
     bitwise_equal,
     fingerprint,
@@ -130,6 +131,8 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
     fmt = get_format(name)
     try:
         fmt.save(source, path)
+        if fmt.memory_mapped:
+            settle(path)
         loaded = fmt.load(path)
     except CheckpointReadError as error:  # a refusal, or a format's own failure (a DCP rank)
         if error.unsafe:
@@ -138,7 +141,8 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
     saved = Manifest.from_state_dict(loaded)
     source_state = source.state_dict()
     before = prepare_target(target, source_state)
-    failure = load_through(spec.load or default_load, target, loaded, saved)
+    with released_as_loaded(target) if fmt.memory_mapped else nullcontext():
+        failure = load_through(spec.load or default_load, target, loaded, saved)
     if failure is not None:
         return FormatOutcome(name, path, *failure)
     del loaded

@@ -24,6 +24,7 @@ class CheckpointFormat(Protocol):
 
     name: str
     suffix: str
+    memory_mapped: bool  # load() maps the file: its pages can be given back (pages.py)
 
     def save(self, module: torch.nn.Module, path: Path) -> None: ...
 

@@ -97,6 +97,7 @@ class DcpFormat:
 
     name = "dcp"
     suffix = ".dcp"
+    memory_mapped = False
 
     def save(self, module: torch.nn.Module, path: Path) -> None:
         save_state(module.state_dict(), path)

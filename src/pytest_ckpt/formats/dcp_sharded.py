@@ -35,6 +35,7 @@ class ShardedDcpFormat:
     """``dcp-N-M``: saved by N processes, loaded by M."""
 
     suffix = ".dcp"
+    memory_mapped = False
 
     def __init__(self, saves: int, loads: int) -> None:
         self.saves, self.loads = saves, loads

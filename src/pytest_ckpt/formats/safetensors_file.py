@@ -33,6 +33,7 @@ def _safetensors_torch() -> Any:
 class SafetensorsFormat:
     name = "safetensors"
     suffix = ".safetensors"
+    memory_mapped = False
 
     def save(self, module: torch.nn.Module, path: Path) -> None:
         """As ``safetensors.torch.save_model``: of each group of tied tensors one key is kept."""

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 class TorchZipFormat:
     name = "torch"
     suffix = ".pt"
+    memory_mapped = True
 
     def save(self, module: torch.nn.Module, path: Path) -> None:
         import torch
@@ -36,7 +37,12 @@ class TorchZipFormat:
         return state_dict_of(loaded, path)
 
     def read_manifest(self, path: Path) -> Manifest:
-        return Manifest.from_state_dict(self.load(path))
+        """From the pickle and the zip directory alone when the file holds plain tensors
+        (no torch import, no tensor bytes read); otherwise from a weights_only load."""
+        from pytest_ckpt.formats.torch_header import read_manifest
+
+        header = read_manifest(path)
+        return header if header is not None else Manifest.from_state_dict(self.load(path))
 
 
 def load_weights_only(path: Path, safe_globals: Sequence[Any] = ()) -> Any:
