@@ -71,7 +71,7 @@ def test_the_header_manifest_and_container_are_what_a_weights_only_load_gives(ob
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "ckpt.pt"
         torch.save(obj, path)
-        loaded = torch.load(path, weights_only=True, mmap=True)
+        loaded = torch.load(str(path), weights_only=True, mmap=True)
 
         assert read_manifest(path) == Manifest.from_state_dict(state_dict_of(loaded, path))
         assert container_layout(read_container(path), is_record) == container_layout(loaded)
