@@ -7,7 +7,10 @@ saved and loaded through torch and safetensors with outputs compared and a manif
 per test. The snapshots are created once (``--ckpt-snapshot-update -n 2``); then each arm
 runs ``--repeat`` times, alternating: ``pytest -p no:cacheprovider`` (one process) and
 ``pytest -n 2``. Prints the median walls, the speed-up, and whether the 200 snapshot files
-are byte-identical before and after every run.
+are byte-identical before and after every run; also each arm's CPU time (user + sys of the
+run and every process it waited for) and the cores it kept busy on average: one process
+already keeps more than one core busy through torch's intra-op threads, so on a 2-core machine
+the speed-up cannot exceed (cores x serial wall) / (CPU time of the -n run).
 Usage: python benchmarks/bench_xdist_scale.py [--repeat 2] [--workers 2]
 """
 
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -71,15 +76,21 @@ def snapshot_digest(project: Path) -> tuple[int, str]:
     return len(files), digest.hexdigest()
 
 
-def pytest_run(project: Path, *args: str) -> float:
-    start = time.perf_counter()
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pytest_run(project: Path, *args: str) -> tuple[float, float]:
+    """(wall, CPU seconds) of one pytest run."""
+    start, cpu = time.perf_counter(), children_cpu()
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                              "-p", "no:randomly", "test_scale.py", *args], cwd=project,
                             capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, children_cpu() - cpu
     if result.returncode != 0:
         raise SystemExit(f"pytest {' '.join(args)} failed:\n{result.stdout[-3000:]}")
-    return wall
+    return wall, cpu
 
 
 def main() -> None:
@@ -96,16 +107,23 @@ def main() -> None:
                                             "    ignore:TypedStorage is deprecated\n")
         pytest_run(project, "--ckpt-snapshot-update", "-n", str(args.workers))
         count, before = snapshot_digest(project)
-        serial, parallel, intact = [], [], True
+        serial: list[tuple[float, float]] = []
+        parallel: list[tuple[float, float]] = []
+        intact = True
         for _ in range(args.repeat):
             serial.append(pytest_run(project))
             parallel.append(pytest_run(project, "-n", str(args.workers)))
             intact = intact and snapshot_digest(project) == (count, before)
-        one, many = statistics.median(serial), statistics.median(parallel)
+        one, many = (statistics.median(w for w, _ in arm) for arm in (serial, parallel))
+        one_cpu, many_cpu = (statistics.median(c for _, c in arm) for arm in (serial, parallel))
+        cores = os.cpu_count() or 1
         print(f"{4 * PER_MODEL} round-trip tests, {count} manifest snapshots; "
-              f"median of {args.repeat} runs per arm")
-        print(f"one process: {one:.1f} s   -n {args.workers}: {many:.1f} s   "
-              f"speed-up: {one / many:.2f}x (target >= 1.7x)   snapshots intact: {intact}")
+              f"median of {args.repeat} runs per arm; {cores} cores")
+        print(f"one process: {one:.1f} s wall, {one_cpu:.1f} s CPU ({one_cpu / one:.2f} cores "
+              f"busy)   -n {args.workers}: {many:.1f} s wall, {many_cpu:.1f} s CPU "
+              f"({many_cpu / many:.2f} cores busy)")
+        print(f"speed-up: {one / many:.2f}x (target >= 1.7x; bound on this machine "
+              f"{cores * one / many_cpu:.2f}x)   snapshots intact: {intact}")
 
 
 if __name__ == "__main__":
