@@ -94,7 +94,8 @@ def _saved(tmp_path: Path, obj: object, **kwargs: object) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["custom global", "legacy file", "quantized", "no state_dict"])
+@pytest.mark.parametrize("case", ["custom global", "legacy file", "quantized", "no state_dict",
+                                  "self-containing list"])
 def test_a_file_beyond_plain_tensors_is_left_to_torch_load(tmp_path, case):
     obj: object = {"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.1)}
     kwargs = {}
@@ -106,6 +107,10 @@ def test_a_file_beyond_plain_tensors_is_left_to_torch_load(tmp_path, case):
             obj = {"w": torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8)}
     elif case == "no state_dict":
         obj = {"epoch": 3}
+    elif case == "self-containing list":
+        history: list[object] = []
+        history.append(history)
+        obj = {"model": {"w": torch.ones(2)}, "history": history}
     path = _saved(tmp_path, obj, **kwargs)
 
     assert read_manifest(path) is None

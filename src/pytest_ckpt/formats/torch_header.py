@@ -79,8 +79,8 @@ def read_container(path: Path) -> Any:
         return _rebuild(scanned.root, sizes, scanned.prefix)
     except _Corrupt as error:
         raise CheckpointReadError(path, f"is corrupt: {error}") from None
-    except (_Unsupported, zipfile.BadZipFile, OSError, TypeError, ValueError):
-        return None
+    except (_Unsupported, zipfile.BadZipFile, OSError, TypeError, ValueError, RecursionError):
+        return None  # RecursionError: a container that holds itself
 
 
 def read_manifest(path: Path) -> Manifest | None:
