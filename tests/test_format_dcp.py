@@ -16,7 +16,7 @@ from torch import nn
 from pytest_ckpt.errors import CheckpointReadError
 from pytest_ckpt.formats import detect_format
 from pytest_ckpt.formats.dcp import manifest_from_metadata, save_state
-from pytest_ckpt.formats.dcp_sharded import has_public_dtensor
+from pytest_ckpt.formats.dcp_sharded import sharding_api
 
 
 def test_dcp_round_trip_in_one_process(project, mode):
@@ -36,11 +36,11 @@ def test_dcp_round_trip_in_one_process(project, mode):
     assert checks == {"roundtrip[torch]", "roundtrip[dcp]"}
 
 
-needs_dtensor = pytest.mark.skipif(not has_public_dtensor(),
-                                   reason="sharded DCP round-trips need torch >= 2.4 (DTensor)")
+needs_sharding = pytest.mark.skipif(sharding_api() is None,
+                                    reason="this torch has neither DTensor nor ShardedTensor")
 
 
-@needs_dtensor
+@needs_sharding
 def test_dcp_saved_by_two_processes_loads_in_one_and_the_reverse(project):
     project.makepyfile(test_d='''
         import pytest
@@ -59,7 +59,24 @@ def test_dcp_saved_by_two_processes_loads_in_one_and_the_reverse(project):
         "roundtrip[dcp-2-1]": "passed", "roundtrip[dcp-1-2]": "passed"}
 
 
-@needs_dtensor
+@needs_sharding
+def test_a_checkpoint_saved_by_two_processes_holds_one_shard_per_rank(tmp_path):
+    from pytest_ckpt.formats import get_format
+    from pytest_ckpt.formats.dcp import read_metadata
+
+    model = nn.Linear(3, 4)
+    fmt = get_format("dcp-2-1")
+    fmt.save(model, tmp_path / "c.dcp")
+
+    chunks = {key: sorted((tuple(chunk.offsets), tuple(chunk.sizes)) for chunk in entry.chunks)
+              for key, entry in read_metadata(tmp_path / "c.dcp").state_dict_metadata.items()}
+    assert chunks == {"weight": [((0, 0), (2, 3)), ((2, 0), (2, 3))],
+                      "bias": [((0,), (2,)), ((2,), (2,))]}
+    loaded = fmt.load(tmp_path / "c.dcp")
+    assert all(torch.equal(loaded[key], value) for key, value in model.state_dict().items())
+
+
+@needs_sharding
 def test_a_rank_that_fails_is_reported_with_its_output(tmp_path):
     from pytest_ckpt.formats import get_format
 
@@ -159,8 +176,10 @@ def test_diff_of_a_dcp_checkpoint_says_what_dcp_load_would_do_silently(tmp_path)
     assert "0.parametrizations.weight.original0" in out
 
 
-@pytest.mark.skipif(has_public_dtensor(), reason="this torch has DTensor")
-def test_sharded_dcp_on_a_torch_without_dtensor_says_so(project):
+def test_sharded_dcp_on_a_torch_without_a_sharding_api_says_so(project, monkeypatch):
+    import pytest_ckpt.formats.dcp_sharded as dcp_sharded
+
+    monkeypatch.setattr(dcp_sharded, "sharding_api", lambda: None)  # as a torch without either
     project.makepyfile(test_d='''
         import pytest
         from nets import Net
@@ -172,5 +191,6 @@ def test_sharded_dcp_on_a_torch_without_dtensor_says_so(project):
     result = project.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["ckpt_roundtrip used wrongly in test_d.py::test_net: format "
-                                 "'dcp-2-1' needs torch.distributed.tensor (DTensor, torch >= "
-                                 "2.4); torch * lacks it: use formats=('dcp',) on this torch"])
+                                 "'dcp-2-1' needs torch.distributed.tensor (DTensor) or "
+                                 "torch.distributed._shard (ShardedTensor); torch * has "
+                                 "neither: use formats=('dcp',) on this torch"])

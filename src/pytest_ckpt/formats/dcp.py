@@ -124,7 +124,7 @@ def save_state(state: dict[str, Any], path: Path) -> None:
         if hasattr(dcp, "save"):
             dcp.save(state, checkpoint_id=str(path))
         else:  # torch < 2.2
-            dcp.save_state_dict(state, dcp.FileSystemWriter(str(path)), no_dist=True)
+            dcp.save_state_dict(state, dcp.FileSystemWriter(str(path)), no_dist=_no_dist())
 
 
 def load_state(state: dict[str, Any], path: Path) -> None:
@@ -135,7 +135,15 @@ def load_state(state: dict[str, Any], path: Path) -> None:
         if hasattr(dcp, "load"):
             dcp.load(state, checkpoint_id=str(path))
         else:  # torch < 2.2
-            dcp.load_state_dict(state, dcp.FileSystemReader(str(path)), no_dist=True)
+            dcp.load_state_dict(state, dcp.FileSystemReader(str(path)), no_dist=_no_dist())
+
+
+def _no_dist() -> bool:
+    """Plan alone unless this process is a rank of a process group (``dcp-N-M``): ranks that
+    each plan alone fail to validate the global plan of a sharded save."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized())
 
 
 @contextlib.contextmanager

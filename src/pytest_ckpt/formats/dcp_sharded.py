@@ -1,10 +1,12 @@
 """DCP across world sizes: save with N real processes, load with M (``dcp-2-1``, ``dcp-1-2``).
 
 Each rank is a ``python -m pytest_ckpt.formats.dcp_sharded`` process in a gloo process group
-on the CPU. With more than one rank, every tensor whose first dimension allows it is a DTensor
-sharded on dim 0 over a CPU device mesh, so the files hold real shards and a load with another
-world size has to reshard them. The load ranks start from poisoned tensors; rank 0 gathers the
-loaded values into one state_dict for the round-trip's usual comparisons.
+on the CPU. With more than one rank, every tensor whose first dimension allows it is sharded on
+dim 0: a DTensor over a CPU device mesh where torch has the public DTensor API (>= 2.4), else a
+ShardedTensor (``ChunkShardingSpec``, the type DCP was built on in torch 2.1-2.3). The files
+hold real shards, so a load with another world size has to reshard them. The load ranks start
+from poisoned tensors; rank 0 gathers the loaded values into one state_dict for the
+round-trip's usual comparisons.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ class ShardedDcpFormat:
     def save(self, module: torch.nn.Module, path: Path) -> None:
         import torch
 
-        if not has_public_dtensor():
+        if sharding_api() is None:
             raise CkptUsageError(
-                f"format {self.name!r} needs torch.distributed.tensor (DTensor, torch >= 2.4); "
-                f"torch {torch.__version__} lacks it: use formats=('dcp',) on this torch")
+                f"format {self.name!r} needs torch.distributed.tensor (DTensor) or "
+                f"torch.distributed._shard (ShardedTensor); torch {torch.__version__} has "
+                "neither: use formats=('dcp',) on this torch")
 
         source = path.with_suffix(".source.pt")
         torch.save({k: v for k, v in module.state_dict().items()
@@ -104,8 +107,8 @@ def _free_port() -> int:
 # -- the rank processes ------------------------------------------------------------------
 
 def has_public_dtensor() -> bool:
-    """Sharded DCP round-trips need the public DTensor API (torch >= 2.4): DCP of older torch
-    (2.1) fails to plan a multi-rank save of DTensors on a CPU mesh."""
+    """The public DTensor API (torch >= 2.4). DCP of older torch (2.1) fails to plan a
+    multi-rank save of DTensors on a CPU mesh; it shards with ShardedTensor there."""
     try:
         module = importlib.import_module("torch.distributed.tensor")
     except ImportError:
@@ -113,22 +116,57 @@ def has_public_dtensor() -> bool:
     return hasattr(module, "distribute_tensor")
 
 
-def _dtensor_api() -> Any:
-    return importlib.import_module("torch.distributed.tensor")
+def has_sharded_tensor() -> bool:
+    try:
+        importlib.import_module("torch.distributed._shard.sharded_tensor")
+    except ImportError:
+        return False
+    return True
+
+
+def sharding_api() -> str | None:
+    """How tensors are sharded across ranks on this torch: ``"dtensor"``,
+    ``"sharded_tensor"``, or ``None`` when neither is there."""
+    if has_public_dtensor():
+        return "dtensor"
+    return "sharded_tensor" if has_sharded_tensor() else None
 
 
 def _shard(tensor: torch.Tensor, mesh: Any, world: int) -> Any:
-    api = _dtensor_api()
     if mesh is None or tensor.dim() == 0 or tensor.shape[0] < world:
         return tensor
+    if mesh == "sharded_tensor":
+        return _sharded_tensor(tensor, world)
+    api = importlib.import_module("torch.distributed.tensor")
     return api.distribute_tensor(tensor, mesh, [api.Shard(0)])
 
 
-def _gather(value: Any) -> Any:
+def _sharded_tensor(tensor: torch.Tensor, world: int) -> Any:
+    """A ShardedTensor chunked on dim 0 over the ranks, this rank's chunk copied from
+    ``tensor`` (every rank holds the whole of it)."""
+    spec = importlib.import_module("torch.distributed._shard.sharding_spec").ChunkShardingSpec(
+        dim=0, placements=[f"rank:{rank}/cpu" for rank in range(world)])
+    sharded = importlib.import_module("torch.distributed._shard.sharded_tensor").empty(
+        spec, *tensor.shape, dtype=tensor.dtype)
+    for shard in sharded.local_shards():
+        start, size = shard.metadata.shard_offsets[0], shard.metadata.shard_sizes[0]
+        shard.tensor.copy_(tensor[start:start + size])
+    return sharded
+
+
+def _gather(value: Any, mesh: Any, rank: int) -> Any:
+    """The whole tensor on rank 0 (``None`` elsewhere); a collective for sharded values."""
     import torch
 
-    api = _dtensor_api()
-    if not isinstance(value, api.DTensor):
+    if mesh == "sharded_tensor":
+        sharded_tensor = importlib.import_module("torch.distributed._shard.sharded_tensor")
+        if not isinstance(value, sharded_tensor.ShardedTensor):
+            return value
+        whole = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+        value.gather(dst=0, out=whole)
+        return whole
+    api = importlib.import_module("torch.distributed.tensor") if mesh is not None else None
+    if api is None or not isinstance(value, api.DTensor):
         return value
     local = value.redistribute(value.device_mesh, [api.Replicate()]).to_local()
     plain = torch.empty(local.shape, dtype=local.dtype)  # not a (waiting) tensor subclass
@@ -153,9 +191,9 @@ def _rank_main(role: str, rank: int, world: int, port: int, source: Path, checkp
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        mesh = None
+        mesh: Any = None
         if world > 1:
-            mesh = _device_mesh(world)
+            mesh = _device_mesh(world) if has_public_dtensor() else "sharded_tensor"
         state = torch.load(source, weights_only=True)
         if role == "save":
             save_state({key: _shard(value, mesh, world) for key, value in state.items()},
@@ -163,7 +201,7 @@ def _rank_main(role: str, rank: int, world: int, port: int, source: Path, checkp
             return
         target = {key: _shard(_poisoned(value), mesh, world) for key, value in state.items()}
         load_state(target, checkpoint)
-        gathered = {key: _gather(value) for key, value in target.items()}
+        gathered = {key: _gather(value, mesh, rank) for key, value in target.items()}
         if rank == 0:
             torch.save(gathered, result)
     finally:
