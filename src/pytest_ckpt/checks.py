@@ -13,7 +13,7 @@ import pytest
 from pytest_ckpt.diagnose import diagnose
 from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
 from pytest_ckpt.facts import ModelFacts
-from pytest_ckpt.findings import Finding, render_failure
+from pytest_ckpt.findings import Finding, fix_for, render_failure
 from pytest_ckpt.formats import read_checkpoint_manifest
 from pytest_ckpt.golden_checks import GoldenChecks
 from pytest_ckpt.manifest import Manifest, ManifestParseError
@@ -24,35 +24,17 @@ from pytest_ckpt.snapshots import (
     manifest_assertion,
     relative,
 )
+from pytest_ckpt.training_checks import TrainingChecks
 
 if TYPE_CHECKING:
     import torch
     from syrupy.assertion import SnapshotAssertion
 
-    from pytest_ckpt.schema import Schema
 
 UPDATE_FLAG = "--ckpt-snapshot-update"
 TARGET_SEED = 0x5EED  # the second call of a marked test builds its target under this seed
 GOLDEN_SEED = 0  # with golden=True, the first call of a marked test runs under this seed
 
-_FIXES = {
-    "missing": "fix: restore the old attribute names, or remap old keys in your load path "
-               "(load=...); if the new layout is intended, run: {update}",
-    "unexpected": "fix: restore the old attribute names, or remap old keys in your load path "
-                  "(load=...); if the new layout is intended, run: {update}",
-    "tied_weights": "fix: re-tie shared tensors after loading (or load with "
-                    "safetensors.torch.load_model), or save every key",
-    "not_loaded": "fix: make the load path write every tensor (check key remapping and "
-                  "strict=False calls)",
-    "value": "fix: the load path must copy values unchanged (no casts, no in-place edits)",
-    "output": "fix: the loaded model must compute the same function: check buffers that are "
-              "not saved (persistent=False) and code that depends on load order",
-    "unsafe_pickle": "fix: save plain tensors and containers only, so weights_only=True loads it",
-    "training_state": "fix: restore the entries the resume path needs, or make it tolerate "
-                      "their absence; if this change is intended, run: {update}",
-    "weight_norm_layout": "fix: see the fix line of each layout above, or narrow the check "
-                          "with weight_norm=(...) / loaders=(...)",
-}
 
 
 @dataclass
@@ -66,8 +48,9 @@ class CkptSessionState:
 
 
 @final
-class CheckpointChecks(GoldenChecks):
-    """The ``ckpt`` fixture: ``roundtrip``, ``assert_manifest``, ``assert_schema``."""
+class CheckpointChecks(GoldenChecks, TrainingChecks):
+    """The ``ckpt`` fixture: ``roundtrip``, ``assert_manifest``, ``assert_loads``, and the
+    golden and training checks of its mixins."""
 
     def __init__(self, *, nodeid: str, snapshot: SnapshotAssertion, tmp_path: Path,
                  state: CkptSessionState, color: bool = False,
@@ -110,75 +93,6 @@ class CheckpointChecks(GoldenChecks):
                                                    facts)
         self._fail(message, check=check, findings=findings)
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def assert_schema(self, checkpoint: Mapping[str, Any] | str | Path, *,
-                      name: str | None = None, safe_globals: Sequence[Any] = ()) -> Schema:
-        """Compare a checkpoint's container schema (keys and types, never values) with its
-        stored snapshot; drift is reported as ``training_state`` findings."""
-        __tracebackhide__ = True
-        from pytest_ckpt.schema import Schema, diff_schemas
-
-        check = f"schema[{name}]" if name else "schema"
-        schema = Schema.of(self._loaded(checkpoint, check, safe_globals))
-        location = self._claim(name, self._schema_assertion)
-        result = compare_with_snapshot(self._schema_assertion,
-                                       _same_across_torch(location, schema), name)
-        if result.matched:
-            self._record(check)
-            return schema
-        if result.stored is None:
-            self._fail(f"no schema snapshot for this test yet ({relative(location)})\n"
-                       f"create it with: {self.update_command}", check=check)
-        try:
-            reference = Schema.parse(result.stored or "")
-        except ManifestParseError as error:
-            self._fail(f"schema snapshot {relative(location)} is corrupt: {error}\n"
-                       f"rewrite it with: {self.update_command}", check=check)
-        findings = diff_schemas(reference, schema) or [
-            Finding("training_state", (), "schema text differs (formatting only)")]
-        self._fail(render_failure(f"checkpoint schema differs from snapshot "
-                                  f"{relative(location)}", findings,
-                                  _fix_for(findings, self.update_command), color=self._color),
-                   check=check, findings=findings)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def assert_resumes(self, harness: Any = None, *, build: Callable[[], Any] | None = None,
-                       step: Callable[[Any], Any] | None = None,
-                       save: Callable[[Any, Path], None] | None = None,
-                       resume: Callable[[Path], Any] | None = None,
-                       steps: int = 6, at: int = 3) -> None:
-        """Run ``steps`` training steps uninterrupted, and ``at`` steps + save + resume + the
-        rest; require identical losses, LRs, parameters, optimizer state and RNG draws."""
-        __tracebackhide__ = True
-        from pytest_ckpt.training import harness_from, run_resume_check
-
-        self._roundtrips += 1
-        directory = self._tmp_path / f"ckpt-resume-{self._roundtrips}"
-        directory.mkdir()
-        user = self._usage(lambda: harness_from(harness, build=build, step=step, save=save,
-                                                resume=resume), label="ckpt_resume",
-                           check="resume")
-        findings = self._usage(lambda: run_resume_check(user, steps=steps, at=at,
-                                                        directory=directory),
-                               label="ckpt_resume", check="resume")
-        self._record("resume", findings)
-        if findings:
-            self._fail(render_failure(
-                f"resumed training does not continue like the uninterrupted run ({steps} "
-                f"steps, saved and resumed after step {at})", findings,
-                "fix: save and restore everything the next step depends on (model, optimizer, "
-                "scheduler, step counters, RNG), with the optimizer over the same parameters "
-                "in the same order", color=self._color))
-
-    def run_marked_resume(self, function: Callable[..., Any], arguments: dict[str, Any],
-                          options: dict[str, Any]) -> None:
-        """Call a ``ckpt_resume`` test for its training harness, then check resuming."""
-        __tracebackhide__ = True
-        harness = function(**arguments)
-        if harness is None:
-            self._fail(f"{self._nodeid} is marked ckpt_resume but returned None\n"
-                       "fix: return an object with build, step, save and resume methods")
-        self.assert_resumes(harness, **options)
 
     def assert_loads(self, model: torch.nn.Module, checkpoint: Mapping[str, Any] | str | Path,
                      *, allow_missing: Any = (), allow_unexpected: Any = (),
@@ -332,7 +246,7 @@ class CheckpointChecks(GoldenChecks):
         headline = outcome.headline or (f"checkpoint round-trip of {type(model).__name__} "
                                         f"through '{outcome.format}' failed: "
                                         f"{outcome.error or kinds}")
-        fix = _fix_for(list(outcome.findings), self.update_command)
+        fix = fix_for(list(outcome.findings), self.update_command)
         return render_failure(headline, outcome.findings, fix, color=self._color)
 
     def _snapshot_message(self, stored: str, manifest: Manifest, location: Path,
@@ -345,7 +259,7 @@ class CheckpointChecks(GoldenChecks):
         findings = diagnose(reference, manifest, facts=facts, reference_name="snapshot")
         counts = f"{len(reference)} entries in the snapshot, {len(manifest)} in the model"
         headline = f"manifest differs from snapshot {relative(location)} ({counts})"
-        fix = _fix_for(findings, self.update_command)
+        fix = fix_for(findings, self.update_command)
         if not findings:
             findings = [Finding("value", (), "snapshot text differs (formatting only)")]
         return render_failure(headline, findings, fix, color=self._color), findings
@@ -419,23 +333,6 @@ def _within(context: AbstractContextManager[Any], function: Callable[..., Any],
         return function(*args)
 
 
-def _same_across_torch(location: Path, schema: Schema) -> str:
-    """The text to compare with the stored schema: the stored text itself when the two differ
-    only in torch's own optimizer flags (so lanes of a torch matrix share one snapshot and an
-    update in one lane does not rewrite it), else the schema's own rendering."""
-    from pytest_ckpt.schema import Schema
-
-    text = schema.render()
-    if not location.is_file():
-        return text
-    stored = location.read_text(encoding="utf-8")
-    try:
-        reference = Schema.parse(stored)
-    except ManifestParseError:
-        return text
-    return stored if reference.without_torch_flags() == schema.without_torch_flags() else text
-
-
 def _patterns(value: Any) -> tuple[str, ...]:
     patterns = (value,) if isinstance(value, str) else tuple(value)
     if not all(isinstance(pattern, str) for pattern in patterns):
@@ -447,11 +344,3 @@ def _facts_of(obj: object) -> ModelFacts | None:
     import torch
 
     return ModelFacts.from_module(obj) if isinstance(obj, torch.nn.Module) else None
-
-
-def _fix_for(findings: list[Finding], update_command: str) -> str:
-    for finding in findings:
-        if finding.kind in _FIXES:
-            return _FIXES[finding.kind].format(update=update_command)
-    return (f"fix: keep published checkpoints loading as the hints say; if this change is "
-            f"intended, run: {update_command}")

@@ -167,3 +167,32 @@ def render_failure(headline: str, findings: Iterable[Finding], fix: str, *,
     body = [line for finding in sort_findings(findings)
             for line in render_finding(finding, color=color)]
     return "\n".join([first, *body, fix])
+
+
+FIXES = {  # the last line of a failure, by the first finding's kind
+    "missing": "fix: restore the old attribute names, or remap old keys in your load path "
+               "(load=...); if the new layout is intended, run: {update}",
+    "unexpected": "fix: restore the old attribute names, or remap old keys in your load path "
+                  "(load=...); if the new layout is intended, run: {update}",
+    "tied_weights": "fix: re-tie shared tensors after loading (or load with "
+                    "safetensors.torch.load_model), or save every key",
+    "not_loaded": "fix: make the load path write every tensor (check key remapping and "
+                  "strict=False calls)",
+    "value": "fix: the load path must copy values unchanged (no casts, no in-place edits)",
+    "output": "fix: the loaded model must compute the same function: check buffers that are "
+              "not saved (persistent=False) and code that depends on load order",
+    "unsafe_pickle": "fix: save plain tensors and containers only, so weights_only=True loads it",
+    "training_state": "fix: restore the entries the resume path needs, or make it tolerate "
+                      "their absence; if this change is intended, run: {update}",
+    "weight_norm_layout": "fix: see the fix line of each layout above, or narrow the check "
+                          "with weight_norm=(...) / loaders=(...)",
+}
+
+
+def fix_for(findings: list[Finding], update_command: str) -> str:
+    """The fix line for ``findings``; ``update_command`` where accepting the change is one."""
+    for finding in findings:
+        if finding.kind in FIXES:
+            return FIXES[finding.kind].format(update=update_command)
+    return (f"fix: keep published checkpoints loading as the hints say; if this change is "
+            f"intended, run: {update_command}")
