@@ -107,8 +107,8 @@ def _free_port() -> int:
 # -- the rank processes ------------------------------------------------------------------
 
 def has_public_dtensor() -> bool:
-    """The public DTensor API (torch >= 2.4). DCP of older torch (2.1) fails to plan a
-    multi-rank save of DTensors on a CPU mesh; it shards with ShardedTensor there."""
+    """The public DTensor API (torch >= 2.4); older torch shards with ShardedTensor, the
+    type its DCP was built around."""
     try:
         module = importlib.import_module("torch.distributed.tensor")
     except ImportError:
@@ -133,6 +133,8 @@ def sharding_api() -> str | None:
 
 
 def _shard(tensor: torch.Tensor, mesh: Any, world: int) -> Any:
+    """``tensor`` sharded on dim 0: ``mesh`` is a DeviceMesh (DTensor), ``"sharded_tensor"``,
+    or ``None`` (one rank: the plain tensor)."""
     if mesh is None or tensor.dim() == 0 or tensor.shape[0] < world:
         return tensor
     if mesh == "sharded_tensor":
