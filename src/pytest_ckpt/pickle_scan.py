@@ -64,6 +64,13 @@ class Stub:
             self.append(value)
 
 
+def _stand_in_getattr(owner: Any, attribute: Any, *_: Any) -> type[Stub]:
+    """``getattr(Global, 'name')`` in a pickle (a nested class, a classmethod): a stand-in class
+    named ``Global.name``, so building, calling or ``NEWOBJ`` of it runs nothing either."""
+    owner_name = getattr(owner, "qualname", type(owner).__name__)
+    return type(str(attribute), (Stub,), {"qualname": f"{owner_name}.{attribute}"})
+
+
 class StandInDict(dict[Any, Any]):
     """An OrderedDict stand-in that takes attributes (a state_dict's ``_metadata``)."""
 
@@ -86,6 +93,8 @@ class _Scanner(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("collections", "OrderedDict"):
             return StandInDict  # a plain container: nothing to run
+        if (module, name) in (("builtins", "getattr"), ("__builtin__", "getattr")):
+            return _stand_in_getattr
         return type(name, (Stub,), {"qualname": f"{module}.{name}"})
 
     def persistent_load(self, pid: Any) -> Any:

@@ -93,10 +93,13 @@ def read_checkpoint_manifest(path: Path) -> Manifest:
 
 
 def file_notes(path: Path) -> list[str]:
-    """What a release manager should know about a torch file that loads: a legacy (non-zip)
-    layout, storages tagged for an accelerator. Read from the pickle, nothing executed."""
+    """What a release manager should know about a torch file: a legacy (non-zip) layout,
+    storages tagged for an accelerator, ShardedTensor entries (FSDP local state). Read from
+    the pickle, nothing executed."""
     import zipfile
 
+    from pytest_ckpt.findings import fold_keys
+    from pytest_ckpt.formats.torch_header import read_state
     from pytest_ckpt.pickle_scan import storage_locations
 
     if detect_format(path).name != "torch":
@@ -108,6 +111,11 @@ def file_notes(path: Path) -> list[str]:
                      "whole; re-save it with torch.save for release")
     devices = {location: count for location, count in storage_locations(path).items()
                if location != "cpu"}
+    sharded = [key for key, record in (read_state(path) or {}).items() if record.sharded]
+    if sharded:
+        notes.append(f"{len(sharded)} ShardedTensor entries ({', '.join(fold_keys(sharded))}): "
+                     "FSDP local (or sharded) state, one rank's shards; the shapes shown are the "
+                     "whole tensors, and torch.load(weights_only=True) refuses them")
     if devices:
         tags = ", ".join(f"{location} ({count})" for location, count in sorted(devices.items()))
         notes.append(f"storages tagged for {tags}: it loads on a CPU-only machine only through "

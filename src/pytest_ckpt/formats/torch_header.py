@@ -39,6 +39,10 @@ _REBUILD_PARAMETER = ("torch._utils._rebuild_parameter",
                       "torch._utils._rebuild_parameter_with_state")
 _REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
 _PLAIN_TYPES = ("torch.Tensor", "torch.nn.parameter.Parameter")
+# FSDP's local state: a ShardedTensor rebuilt as a wrapper subclass around this rank's shards
+_REBUILD_WRAPPER = "torch._utils._rebuild_wrapper_subclass"
+_SHARDED_TENSOR = "torch.distributed._shard.sharded_tensor.api.ShardedTensor"
+_DTYPE_NAMES = {name for name, _ in _STORAGE_DTYPES.values()} | set(_V3_ITEMSIZES)
 
 
 class _Unsupported(Exception):
@@ -58,6 +62,7 @@ class TensorRecord:
     shape: tuple[int, ...]
     storage: str
     storage_bytes: int
+    sharded: bool = False  # a ShardedTensor: ``shape`` is the whole tensor, not this rank's part
 
 
 def is_record(value: Any) -> bool:
@@ -83,14 +88,21 @@ def read_container(path: Path) -> Any:
         return None  # RecursionError: a container that holds itself
 
 
-def read_manifest(path: Path) -> Manifest | None:
-    """The manifest of the state_dict in a torch zip file, or ``None`` (see :func:`read_container`;
+def read_state(path: Path) -> dict[str, TensorRecord] | None:
+    """The state_dict in a torch zip file as records, or ``None`` (see :func:`read_container`;
     also ``None`` when the container holds no state_dict: torch.load then says why)."""
     container = read_container(path)
     layout = None if container is None else container_layout(container, is_record)
     if layout is None:
         return None
-    state = container if layout.weights_entry is None else container[layout.weights_entry]
+    return dict(container if layout.weights_entry is None else container[layout.weights_entry])
+
+
+def read_manifest(path: Path) -> Manifest | None:
+    """The manifest of :func:`read_state`, or ``None``."""
+    state = read_state(path)
+    if state is None:
+        return None
     by_storage: dict[str, list[str]] = {}
     for key, record in state.items():
         by_storage.setdefault(record.storage, []).append(key)
@@ -132,11 +144,26 @@ def _tensor_of(stub: Stub, sizes: dict[str, int], prefix: str) -> TensorRecord:
         if getattr(function, "qualname", None) == _REBUILD_TENSOR \
                 and getattr(new_type, "qualname", None) in _PLAIN_TYPES:
             return _from_storage(inner, sizes, prefix)
+    if name == _REBUILD_FROM_TYPE and len(args) == 4 \
+            and getattr(args[0], "qualname", None) == _REBUILD_WRAPPER \
+            and getattr(args[1], "qualname", None) == _SHARDED_TENSOR:
+        return _sharded(args[2])
     if name == _REBUILD_TENSOR:
         return _from_storage(args, sizes, prefix)
     if name == _REBUILD_TENSOR_V3 and len(args) > 6:
         return _from_storage(args, sizes, prefix, getattr(args[6], "qualname", ""))
     raise _Unsupported(name)
+
+
+def _sharded(args: Any) -> TensorRecord:
+    """A ShardedTensor's global dtype and shape, from ``_rebuild_wrapper_subclass(cls, dtype,
+    size, ...)``; the rank's local shards are not read."""
+    if not isinstance(args, tuple) or len(args) < 3:
+        raise _Unsupported("sharded tensor arguments")
+    dtype = str(getattr(args[1], "qualname", "")).removeprefix("torch.")
+    if dtype not in _DTYPE_NAMES:
+        raise _Unsupported(dtype)
+    return TensorRecord(dtype, tuple(int(size) for size in args[2]), "sharded", 0, sharded=True)
 
 
 def _from_storage(args: Any, sizes: dict[str, int], prefix: str,
