@@ -118,7 +118,11 @@ def test_a_malicious_pickle_is_refused_and_runs_nothing(files, mode):
     result.stdout.fnmatch_lines(lines(
         "checkpoint evil.pt cannot be loaded with weights_only=True",
         "      ['payload']: pathlib.Path.touch",
+        "fix: never allow pathlib.Path.touch, pathlib.PosixPath*: they run code or reach the "
+        "system when unpickled, so this file may carry a payload; re-create the checkpoint "
+        "from trusted code, saving tensors and plain values only",
     ))
+    assert "safe_globals=[" not in result.stdout.str()  # no advice to allow the payload
     assert not (files.path / "pwned").exists()
 
 

@@ -158,6 +158,13 @@ def state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
     return dict(inner)
 
 
+# globals no allow-list should admit: calling them runs code or touches files, processes, the
+# network or the interpreter (a data class such as argparse.Namespace is not among them)
+NEVER_ALLOW = ("builtins.", "__builtin__.", "os.", "posix.", "nt.", "subprocess.", "sys.",
+               "shutil.", "pathlib.", "importlib.", "runpy.", "pickle.", "socket.", "operator.",
+               "functools.", "code.", "pty.", "webbrowser.", "ctypes.", "marshal.", "types.")
+
+
 def read_failure(error: CheckpointReadError, *, color: bool = False) -> tuple[str, list[Finding]]:
     """The message for a file that could not be read; a weights_only refusal becomes an
     ``unsafe_pickle`` finding with both fixes."""
@@ -170,9 +177,16 @@ def read_failure(error: CheckpointReadError, *, color: bool = False) -> tuple[st
                       "torch.load(weights_only=True) refuses the globals these entries need; "
                       "nothing from the file was executed",
                       tuple(f"{where}: {name}" for where, name in error.unsafe))
-    names = ", ".join(dict.fromkeys(name for _, name in error.unsafe))
-    fix = (f"fix: store plain Python values there (float(x), dict(vars(args)), dataclasses."
-           f"asdict(config)), or allow exactly these globals: safe_globals=[{names}] "
-           f"(torch.serialization.add_safe_globals in your own load path)")
+    names = list(dict.fromkeys(name for _, name in error.unsafe))
+    acting = [name for name in names if name.startswith(NEVER_ALLOW)]
+    if acting:
+        fix = (f"fix: never allow {', '.join(acting)}: they run code or reach the system when "
+               "unpickled, so this file may carry a payload; re-create the checkpoint from "
+               "trusted code, saving tensors and plain values only")
+    else:
+        fix = (f"fix: store plain Python values there (float(x), dict(vars(args)), dataclasses."
+               f"asdict(config)), or allow exactly these globals: safe_globals=["
+               f"{', '.join(names)}] (torch.serialization.add_safe_globals in your own load "
+               "path)")
     headline = f"checkpoint {error.path} cannot be loaded with weights_only=True"
     return render_failure(headline, [finding], fix, color=color), [finding]
