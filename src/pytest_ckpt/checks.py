@@ -30,11 +30,9 @@ if TYPE_CHECKING:
     import torch
     from syrupy.assertion import SnapshotAssertion
 
-
 UPDATE_FLAG = "--ckpt-snapshot-update"
 TARGET_SEED = 0x5EED  # the second call of a marked test builds its target under this seed
 GOLDEN_SEED = 0  # with golden=True, the first call of a marked test runs under this seed
-
 
 
 @dataclass

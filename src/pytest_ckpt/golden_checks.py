@@ -7,42 +7,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_ckpt.check_plumbing import CheckPlumbing
 from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
 from pytest_ckpt.findings import render_failure
 from pytest_ckpt.snapshots import relative
 
 if TYPE_CHECKING:
     import torch
-    from syrupy.assertion import SnapshotAssertion
 
-    from pytest_ckpt.checks import CkptSessionState
     from pytest_ckpt.golden import GoldenOutcome
 
 
-class GoldenChecks:
+class GoldenChecks(CheckPlumbing):
     """Golden checkpoints for the ``ckpt`` fixture; the shared plumbing (``_fail``,
     ``_record``, ``_usage``, snapshot claims) comes from ``CheckpointChecks``."""
-
-    if TYPE_CHECKING:
-        _nodeid: str
-        _update: bool
-        _color: bool
-        _state: CkptSessionState
-        _assertion: SnapshotAssertion
-
-        @property
-        def update_command(self) -> str: ...
-
-        def _fail(self, message: str, *, check: str | None = None,
-                  findings: Any = ()) -> None: ...
-
-        def _record(self, check: str, findings: Any = (), error: str | None = None,
-                    note: str | None = None) -> None: ...
-
-        def _usage(self, function: Callable[..., Any], *args: Any, label: str = "ckpt",
-                   check: str | None = None) -> Any: ...
-
-        def _claim_path(self, location: Path, name: str | None) -> Path: ...
 
     def golden(self, model: torch.nn.Module, *, name: str | None = None,
                inputs: Callable[[], Any] | None = None, load: Callable[..., Any] | None = None,

@@ -8,43 +8,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_ckpt.check_plumbing import CheckPlumbing
 from pytest_ckpt.findings import Finding, fix_for, render_failure
 from pytest_ckpt.manifest import ManifestParseError
 from pytest_ckpt.snapshots import compare_with_snapshot, relative
 
 if TYPE_CHECKING:
-    from syrupy.assertion import SnapshotAssertion
-
     from pytest_ckpt.schema import Schema
 
 
-class TrainingChecks:
+class TrainingChecks(CheckPlumbing):
     """Schema and resume checks; the shared plumbing (``_fail``, ``_record``, ``_usage``,
     ``_loaded``, snapshot claims) comes from ``CheckpointChecks``."""
-
-    if TYPE_CHECKING:
-        _nodeid: str
-        _color: bool
-        _roundtrips: int
-        _tmp_path: Path
-        _schema_assertion: SnapshotAssertion
-
-        @property
-        def update_command(self) -> str: ...
-
-        def _fail(self, message: str, *, check: str | None = None,
-                  findings: Any = ()) -> None: ...
-
-        def _record(self, check: str, findings: Any = (), error: str | None = None,
-                    note: str | None = None) -> None: ...
-
-        def _usage(self, function: Callable[..., Any], *args: Any, label: str = "ckpt",
-                   check: str | None = None) -> Any: ...
-
-        def _claim(self, name: str | None,
-                   assertion: SnapshotAssertion | None = None) -> Path: ...
-
-        def _loaded(self, checkpoint: Any, check: str, safe_globals: Sequence[Any]) -> Any: ...
 
     def assert_schema(self, checkpoint: Mapping[str, Any] | str | Path, *,
                       name: str | None = None, safe_globals: Sequence[Any] = ()) -> Schema:
