@@ -3,12 +3,13 @@ importing or calling anything: every global becomes an inert stand-in class."""
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -124,16 +125,27 @@ def storage_locations(path: Path) -> dict[str, int]:
 class Scanned:
     """A scanned file: its container (globals as stand-ins, storages as
     :class:`StorageRecord`), the device tags of its storages, and for a zip file the
-    archive's directory prefix (``archive/``)."""
+    archive's directory prefix (``archive/``) and the size of each entry."""
 
     root: Any
     locations: Counter[str]
     prefix: str | None = None
+    sizes: Mapping[str, int] = field(default_factory=dict)
 
 
 def scan(path: Path) -> Scanned | None:
     """The container of a torch zip or legacy file, every global a stand-in; ``None`` when
-    it cannot be read that way."""
+    it cannot be read that way. One scan per version of a file (path, size, mtime, inode):
+    ``show`` reads a file's manifest, container and notes from the same scan."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _scan_version(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_version(path: str, size: int, mtime_ns: int, inode: int) -> Scanned | None:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
@@ -143,7 +155,8 @@ def scan(path: Path) -> Scanned | None:
                     return None
                 scanner = _Scanner(io.BytesIO(archive.read(names[0])))
                 return Scanned(scanner.load(), scanner.locations,
-                               names[0].removesuffix("data.pkl"))
+                               names[0].removesuffix("data.pkl"),
+                               {info.filename: info.file_size for info in archive.infolist()})
         with open(path, "rb") as stream:  # legacy: magic, protocol, sys_info, then the data
             for _ in range(3):
                 _Scanner(stream).load()

@@ -195,7 +195,7 @@ def _rank_main(role: str, rank: int, world: int, port: int, source: Path, checkp
     try:
         mesh: Any = None
         if world > 1:
-            mesh = _device_mesh(world) if has_public_dtensor() else "sharded_tensor"
+            mesh = _device_mesh(world) if sharding_api() == "dtensor" else "sharded_tensor"
         state = torch.load(source, weights_only=True)
         if role == "save":
             save_state({key: _shard(value, mesh, world) for key, value in state.items()},

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,18 +73,14 @@ def read_container(path: Path) -> Any:
     """The checkpoint's container with a :class:`TensorRecord` for each tensor; ``None`` when
     the file is not a zip of plain tensors and containers. A storage whose bytes in the zip
     are not what the pickle says is a :class:`CheckpointReadError`."""
-    if not zipfile.is_zipfile(path):
-        return None
     scanned = scan(path)
-    if scanned is None or scanned.prefix is None:
+    if scanned is None or scanned.prefix is None:  # unreadable, or a legacy (non-zip) file
         return None
     try:
-        with zipfile.ZipFile(path) as archive:
-            sizes = {info.filename: info.file_size for info in archive.infolist()}
-        return _rebuild(scanned.root, sizes, scanned.prefix)
+        return _rebuild(scanned.root, scanned.sizes, scanned.prefix)
     except _Corrupt as error:
         raise CheckpointReadError(path, f"is corrupt: {error}") from None
-    except (_Unsupported, zipfile.BadZipFile, OSError, TypeError, ValueError, RecursionError):
+    except (_Unsupported, TypeError, ValueError, RecursionError):
         return None  # RecursionError: a container that holds itself
 
 
@@ -111,7 +107,7 @@ def read_manifest(path: Path) -> Manifest | None:
                           for key, record in state.items()))
 
 
-def _rebuild(value: Any, sizes: dict[str, int], prefix: str) -> Any:
+def _rebuild(value: Any, sizes: Mapping[str, int], prefix: str) -> Any:
     if isinstance(value, Stub):
         return _tensor(value, sizes, prefix)
     if isinstance(value, StandInDict):
@@ -128,26 +124,23 @@ def _rebuild(value: Any, sizes: dict[str, int], prefix: str) -> Any:
     raise _Unsupported(type(value).__name__)
 
 
-def _tensor(stub: Stub, sizes: dict[str, int], prefix: str) -> TensorRecord:
+def _tensor(stub: Stub, sizes: Mapping[str, int], prefix: str) -> TensorRecord:
     record = _tensor_of(stub, sizes, prefix)
     if not record.storage_bytes:  # no memory to share: tied only as one object, as in torch
         return dataclasses.replace(record, storage=f"empty tensor {id(stub)}")
     return record
 
 
-def _tensor_of(stub: Stub, sizes: dict[str, int], prefix: str) -> TensorRecord:
+def _tensor_of(stub: Stub, sizes: Mapping[str, int], prefix: str) -> TensorRecord:
     name, args = stub.qualname, stub.args
     if name in _REBUILD_PARAMETER and args and isinstance(args[0], Stub):
         return _tensor(args[0], sizes, prefix)
-    if name == _REBUILD_FROM_TYPE and len(args) == 4 and not args[3]:
-        function, new_type, inner = args[0], args[1], args[2]
-        if getattr(function, "qualname", None) == _REBUILD_TENSOR \
-                and getattr(new_type, "qualname", None) in _PLAIN_TYPES:
-            return _from_storage(inner, sizes, prefix)
-    if name == _REBUILD_FROM_TYPE and len(args) == 4 \
-            and getattr(args[0], "qualname", None) == _REBUILD_WRAPPER \
-            and getattr(args[1], "qualname", None) == _SHARDED_TENSOR:
-        return _sharded(args[2])
+    if name == _REBUILD_FROM_TYPE and len(args) == 4:  # (function, type, arguments, state)
+        function, new_type = (getattr(arg, "qualname", None) for arg in args[:2])
+        if function == _REBUILD_TENSOR and new_type in _PLAIN_TYPES and not args[3]:
+            return _from_storage(args[2], sizes, prefix)
+        if function == _REBUILD_WRAPPER and new_type == _SHARDED_TENSOR:
+            return _sharded(args[2])
     if name == _REBUILD_TENSOR:
         return _from_storage(args, sizes, prefix)
     if name == _REBUILD_TENSOR_V3 and len(args) > 6:
@@ -166,7 +159,7 @@ def _sharded(args: Any) -> TensorRecord:
     return TensorRecord(dtype, tuple(int(size) for size in args[2]), "sharded", 0, sharded=True)
 
 
-def _from_storage(args: Any, sizes: dict[str, int], prefix: str,
+def _from_storage(args: Any, sizes: Mapping[str, int], prefix: str,
                   v3_dtype: str | None = None) -> TensorRecord:
     """``_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, meta])`` (or
     v3, whose storage is untyped and whose dtype follows the hooks), checked against the
