@@ -131,8 +131,7 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
     fmt = get_format(name)
     try:
         fmt.save(source, path)
-        if fmt.memory_mapped:
-            settle(path)
+        releasable = fmt.memory_mapped and settle(path)  # only a large, flushed file's pages
         loaded = fmt.load(path)
     except CheckpointReadError as error:  # a refusal, or a format's own failure (a DCP rank)
         if error.unsafe:
@@ -141,7 +140,7 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
     saved = Manifest.from_state_dict(loaded)
     source_state = source.state_dict()
     before = prepare_target(target, source_state)
-    with released_as_loaded(target) if fmt.memory_mapped else nullcontext():
+    with released_as_loaded(target) if releasable else nullcontext():
         failure = load_through(spec.load or default_load, target, loaded, saved)
     if failure is not None:
         return FormatOutcome(name, path, *failure)
