@@ -6,9 +6,9 @@ as ``load_state_dict`` copies them. Each module's tensors are released with
 ``madvise(MADV_PAGEOUT)`` once the next module starts loading: the kernel drops the pages from
 this process (a clean page re-reads from the file, a written one is kept in swap), so the
 tensors keep their values and peak RSS stays near source + target. File pages still dirty
-from the write are not dropped, so a large file just written is first flushed to disk (:func:`settle`); a file
-under ``SETTLE_BYTES`` is neither flushed nor released.
-Linux >= 5.4; elsewhere nothing is released.
+from the write are not dropped, so a large file just written is first flushed to disk
+(:func:`settle`); a file under ``SETTLE_BYTES`` is neither flushed nor released. Linux >= 5.4;
+elsewhere nothing is released.
 """
 
 from __future__ import annotations
