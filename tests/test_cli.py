@@ -94,7 +94,7 @@ def test_diff_json_carries_the_findings(files):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("show", "missing.pt"), "pytest-ckpt: checkpoint missing.pt cannot be opened"),
+    (("show", "missing.pt"), "pytest-ckpt: checkpoint missing.pt does not exist"),
     (("show", "newnet.py"), "pytest-ckpt: checkpoint newnet.py is not a checkpoint"),
     (("diff", "old.pt", "newnet:broken"),
      "pytest-ckpt: calling newnet:broken() raised RuntimeError: no config"),

@@ -192,9 +192,12 @@ def test_a_tampered_golden_is_reported_by_file(project):
     result = project.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        f"golden checkpoint {CURRENT} * no longer loads into Net as it did: the load raised "
-        f"checkpoint {golden} does not match the sha256 in {CURRENT}.json: it changed after "
-        "it was written"])
+        f"golden checkpoint {CURRENT} * cannot be read: checkpoint {golden} does not match "
+        f"the sha256 in {CURRENT}.json: it changed after it was written (or an update was "
+        "interrupted between the two files)",
+        f"fix: restore {CURRENT}.pt and {CURRENT}.json from version control, or rewrite both "
+        f"under {CURRENT.replace('-', ' ')} with: pytest --ckpt-snapshot-update "
+        "'test_a.py::test_golden'"])
 
 
 def test_marker_golden_uses_the_marker_inputs_and_a_fresh_target(project):

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from syrupy.assertion import SnapshotAssertion
 
     from pytest_ckpt.checks import CkptSessionState
+    from pytest_ckpt.snapshots import SnapshotComparison
 
 
 class CheckPlumbing:
@@ -45,4 +46,8 @@ class CheckPlumbing:
 
         def _claim_path(self, location: Path, name: str | None) -> Path: ...
 
-        def _loaded(self, checkpoint: Any, check: str, safe_globals: Sequence[Any]) -> Any: ...
+        def compared(self, assertion: SnapshotAssertion, text: str, name: str | None,
+                     check: str) -> SnapshotComparison: ...
+
+        def _loaded(self, checkpoint: Any, check: str, safe_globals: Sequence[Any], *,
+                    tensors_only: bool = False) -> Any: ...

@@ -20,6 +20,7 @@ from pytest_ckpt.manifest import Manifest, ManifestParseError
 from pytest_ckpt.roundtrip import FormatOutcome, RoundtripSpec, formats_option, run_roundtrip
 from pytest_ckpt.snapshots import (
     SchemaSnapshotExtension,
+    SnapshotComparison,
     compare_with_snapshot,
     manifest_assertion,
     relative,
@@ -41,7 +42,9 @@ class CkptSessionState:
 
     update: bool
     collisions: dict[str, list[str]] = field(default_factory=dict)  # nodeid -> colliding ids
-    claimed: dict[Path, str] = field(default_factory=dict)  # snapshot path -> nodeid
+    # snapshot path -> (nodeid, name=) of the first check that used it
+    claimed: dict[Path, tuple[str, str | None]] = field(default_factory=dict)
+    swept: set[Path] = field(default_factory=set)  # folders cleared of killed writers' files
     golden_max_bytes: str = "1MiB"  # ini ckpt_golden_max_bytes
 
 
@@ -78,7 +81,7 @@ class CheckpointChecks(GoldenChecks, TrainingChecks):
         check = f"manifest[{name}]" if name else "manifest"
         manifest = self._manifest_of(obj, check, safe_globals)
         location = self._claim(name)
-        result = compare_with_snapshot(self._assertion, manifest.render(), name)
+        result = self.compared(self._assertion, manifest.render(), name, check)
         if result.matched:
             self._record(check)
             return manifest
@@ -131,19 +134,20 @@ class CheckpointChecks(GoldenChecks, TrainingChecks):
         __tracebackhide__ = True
         from pytest_ckpt.formats.torch_zip import state_dict_of
 
-        loaded = self._loaded(checkpoint, "loads", safe_globals)
+        loaded = self._loaded(checkpoint, "loads", safe_globals, tensors_only=True)
         path = Path(str(checkpoint)) if isinstance(checkpoint, (str, Path)) else None
         state: dict[str, Any] = self._reading(check="loads", read=lambda: state_dict_of(
             loaded, path or Path("<state_dict>")))
         return state
 
-    def _loaded(self, checkpoint: Any, check: str, safe_globals: Sequence[Any]) -> Any:
+    def _loaded(self, checkpoint: Any, check: str, safe_globals: Sequence[Any], *,
+                tensors_only: bool = False) -> Any:
         __tracebackhide__ = True
         if isinstance(checkpoint, (str, Path)):
             from pytest_ckpt.formats import load_checkpoint
 
-            loaded = self._reading(check, lambda: load_checkpoint(Path(checkpoint),
-                                                                  safe_globals))
+            loaded = self._reading(check, lambda: load_checkpoint(
+                Path(checkpoint), safe_globals, tensors_only=tensors_only))
             self._flag(Path(checkpoint))
             return loaded
         return checkpoint
@@ -290,14 +294,38 @@ class CheckpointChecks(GoldenChecks, TrainingChecks):
     def _claim_path(self, location: Path, name: str | None) -> Path:
         __tracebackhide__ = True
         others = self._state.collisions.get(self._nodeid, []) if name is None else []
-        owner = self._state.claimed.setdefault(location, self._nodeid)
+        owner, owner_name = self._state.claimed.setdefault(location, (self._nodeid, name))
         if owner != self._nodeid:
             others = [owner]
         if others:
             self._fail(f"snapshot name collision: {self._nodeid} and {', '.join(others)} "
                        f"would share {relative(location)}\n"
                        "fix: give the tests distinct names or pass name=... to assert_manifest")
+        if owner_name != name:
+            self._fail(f"snapshot name collision in {self._nodeid}: name={owner_name!r} and "
+                       f"name={name!r} would share {relative(location)} (a snapshot name "
+                       "keeps only letters, digits, '_', '-' and '.')\n"
+                       "fix: pass names that differ in those characters")
+        if self._update and location.parent not in self._state.swept:
+            from pytest_ckpt.snapshots import sweep_orphans
+
+            self._state.swept.add(location.parent)
+            sweep_orphans(location.parent)
         return location
+
+    def compared(self, assertion: SnapshotAssertion, text: str, name: str | None,
+                 check: str) -> SnapshotComparison:
+        """:func:`compare_with_snapshot`; a snapshot the update could not write fails the
+        test naming the path and the OS error."""
+        __tracebackhide__ = True
+        from pytest_ckpt.snapshots import SnapshotWriteError
+
+        try:
+            return compare_with_snapshot(assertion, text, name)
+        except SnapshotWriteError as error:
+            failure = error
+        self._fail(str(failure), check=check)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _usage(self, function: Callable[..., Any], *args: Any, label: str = "ckpt",
                check: str | None = None) -> Any:

@@ -58,6 +58,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, ReportError) as error:
         print(f"pytest-ckpt: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as error:  # a bug of pytest-ckpt's: still one paragraph, exit 2
+        if os.environ.get("PYTEST_CKPT_DEBUG"):
+            raise
+        from pytest_ckpt.errors import first_line
+
+        print(f"pytest-ckpt: internal error in {args.command} ({type(error).__name__}: "
+              f"{first_line(error)})\nfix: none needed in your files; please report it with "
+              "the command line (PYTEST_CKPT_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -85,17 +85,76 @@ class GoldenFile:
         return self.path.with_suffix(".json")
 
     def provenance(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.sidecar.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        """The sidecar, checked field by field (a sidecar is a file a pull request can
+        change like any other)."""
+        from pytest_ckpt.formats.files import read_bounded
+
+        if not self.sidecar.exists() and not self.sidecar.is_symlink():
             raise CheckpointReadError(self.path, f"has no provenance sidecar {self.sidecar.name}"
-                                      ) from None
-        except (OSError, ValueError) as error:
+                                      )
+        raw = read_bounded(self.sidecar, MAX_SIDECAR_BYTES, "golden sidecar")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except ValueError as error:
             raise CheckpointReadError(self.sidecar, f"is not a readable golden sidecar "
                                       f"({first_line(error)})") from None
-        if not isinstance(data, dict) or data.get("schema") != SIDECAR_SCHEMA:
-            raise CheckpointReadError(self.sidecar, f"is not a {SIDECAR_SCHEMA} sidecar")
-        return data
+        problem = sidecar_problem(data)
+        if problem is not None:
+            raise CheckpointReadError(self.sidecar, f"is not a valid {SIDECAR_SCHEMA} sidecar: "
+                                      f"{problem}")
+        return dict(data)
+
+
+MAX_SIDECAR_BYTES = 16 << 20
+MAX_GOLDEN_READ = 256 << 20  # a golden file is read whole to check its sha256
+_TEXT_FIELDS = ("schema", "torch", "pytest_ckpt")
+_FINGERPRINT = {"dtype": str, "shape": list, "sha256": str}
+
+
+def sidecar_problem(data: Any) -> str | None:
+    """What is wrong with a parsed sidecar, or ``None``."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    if data.get("schema") != SIDECAR_SCHEMA:
+        return f"its schema is {data.get('schema')!r}"
+    for name in _TEXT_FIELDS:
+        if not isinstance(data.get(name), str):
+            return f"field {name!r} is {_kind(data.get(name))}, not a string"
+    digest = data.get("sha256")
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        return f"field 'sha256' is {_kind(digest)}, not a hex sha256"
+    if not isinstance(data.get("manifest", []), list):
+        return "field 'manifest' is not a list of lines"
+    for name in ("inputs", "outputs"):
+        problem = _fingerprints_problem(data.get(name), name)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _fingerprints_problem(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return f"field {name!r} is {_kind(value)}, not an object of fingerprints"
+    for key, entry in value.items():
+        if not isinstance(entry, dict):
+            return f"{name}[{key!r}] is {_kind(entry)}, not a fingerprint"
+        for field_name, kind in _FINGERPRINT.items():
+            if not isinstance(entry.get(field_name), kind):
+                return f"{name}[{key!r}] has no {field_name} ({kind.__name__})"
+        if not all(type(size) is int for size in entry["shape"]) or not all(
+                isinstance(entry.get(part), (int, float, type(None))) for part in ("l1",)):
+            return f"{name}[{key!r}] has a malformed shape or norm"
+        sample = entry.get("sample")
+        if sample is not None and (not isinstance(sample, list) or not all(
+                isinstance(item, (int, float)) for item in sample)):
+            return f"{name}[{key!r}] has a malformed sample"
+    return None
+
+
+def _kind(value: Any) -> str:
+    return "missing" if value is None else f"a {type(value).__name__}"
 
 
 def goldens_in(directory: Path) -> list[GoldenFile]:
@@ -103,7 +162,7 @@ def goldens_in(directory: Path) -> list[GoldenFile]:
     if not directory.is_dir():
         return []
     found = [(tuple(map(int, match.groups())), path) for path in directory.iterdir()
-             if (match := _GOLDEN_NAME.match(path.name))]
+             if (match := _GOLDEN_NAME.match(path.name))]  # a directory so named is refused later
     return [GoldenFile(path) for _, path in sorted(found)]
 
 
@@ -146,12 +205,25 @@ def write_golden(directory: Path, data: bytes, sidecar: dict[str, Any], *,
     if len(data) > max_bytes:
         raise GoldenTooLarge(
             f"golden {path} would be {_size(len(data))}, over the limit of {_size(max_bytes)}")
-    golden = GoldenFile(path)
-    if path.is_file() and path.read_bytes() == data and golden.sidecar.is_file():
+    if _pair_holds(GoldenFile(path), data):
         return None
+    # data first, then its sidecar: a run killed between the two leaves a pair whose sidecar
+    # does not match; the next update finds that here and rewrites both
     atomic_write_bytes(path, data)
-    atomic_write_bytes(golden.sidecar, (json.dumps(sidecar, indent=1) + "\n").encode())
+    atomic_write_bytes(GoldenFile(path).sidecar, (json.dumps(sidecar, indent=1) + "\n").encode())
     return path
+
+
+def _pair_holds(golden: GoldenFile, data: bytes) -> bool:
+    """Whether the stored golden is already ``data`` with a valid sidecar that says so."""
+    from pytest_ckpt.formats.files import read_bounded
+
+    try:
+        stored = read_bounded(golden.path, len(data), "golden")
+        recorded = golden.provenance()
+    except CheckpointReadError:
+        return False
+    return stored == data and recorded["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def _size(count: int) -> str:
@@ -211,25 +283,28 @@ class GoldenOutcome:
     findings: tuple[Finding, ...] = ()
     error: str | None = None
     note: str | None = None  # set when the outputs matched within RTOL, not bitwise
+    unreadable: str | None = None  # why the golden (or its sidecar) could not be read
 
     @property
     def ok(self) -> bool:
-        return not self.findings and self.error is None
+        return not self.findings and self.error is None and self.unreadable is None
 
 
 def check_golden(golden: GoldenFile, target: torch.nn.Module, inputs: Any,
                  load: Callable[..., Any] | None) -> GoldenOutcome:
     """Load ``golden`` into ``target`` (a fresh or poisoned model) through ``load`` and
     compare keys, values and the output fingerprint with what the sidecar recorded."""
+    from pytest_ckpt.formats.files import read_bounded
     from pytest_ckpt.formats.torch_zip import load_weights_only, state_dict_of
     from pytest_ckpt.roundtrip import model_outputs, prepare_target, value_findings
 
     sidecar = golden.provenance()
-    written_with = f"torch {sidecar.get('torch')}, pytest-ckpt {sidecar.get('pytest_ckpt')}"
-    data = golden.path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sidecar.get("sha256"):
+    written_with = f"torch {sidecar['torch']}, pytest-ckpt {sidecar['pytest_ckpt']}"
+    data = read_bounded(golden.path, MAX_GOLDEN_READ, "golden")
+    if hashlib.sha256(data).hexdigest() != sidecar["sha256"]:
         raise CheckpointReadError(golden.path, f"does not match the sha256 in "
-                                  f"{golden.sidecar.name}: it changed after it was written")
+                                  f"{golden.sidecar.name}: it changed after it was written "
+                                  "(or an update was interrupted between the two files)")
     state = state_dict_of(load_weights_only(golden.path), golden.path)
     saved = Manifest.from_state_dict(state)
     before = prepare_target(target, state)
@@ -239,7 +314,7 @@ def check_golden(golden: GoldenFile, target: torch.nn.Module, inputs: Any,
         return GoldenOutcome(golden, written_with, tuple(_key_findings(saved, target)),
                              f"{type(error).__name__}: {first_line(error, limit=300)}")
     findings = _key_findings(saved, target) if load is None else []
-    findings += value_findings(state, target.state_dict(), before)
+    findings += value_findings(state, target.state_dict(keep_vars=True), before)
     note = None
     if sidecar.get("outputs") is not None and inputs is not None:
         outputs = _fingerprints(model_outputs(target, inputs, "the loaded model") or {})

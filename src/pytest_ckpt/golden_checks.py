@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.check_plumbing import CheckPlumbing
 from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
-from pytest_ckpt.findings import render_failure
-from pytest_ckpt.snapshots import relative
+from pytest_ckpt.findings import Finding, render_failure
+from pytest_ckpt.snapshots import SnapshotWriteError, relative
 
 if TYPE_CHECKING:
     import torch
@@ -59,9 +59,10 @@ class GoldenChecks(CheckPlumbing):
             try:
                 outcome = self._usage(goldens.check_golden, golden, target, sample, load)
             except CheckpointReadError as error:
-                outcome = goldens.GoldenOutcome(golden, "?", error=str(error))
-            self._record(f"golden[{golden.label}]", outcome.findings, outcome.error,
-                         outcome.note)
+                outcome = goldens.GoldenOutcome(golden, "?", _refusal_findings(error),
+                                                unreadable=error.headline)
+            self._record(f"golden[{golden.label}]", outcome.findings,
+                         outcome.error or outcome.unreadable, outcome.note)
             outcomes.append(outcome)
         failed = [outcome for outcome in outcomes if not outcome.ok]
         if failed:
@@ -79,6 +80,8 @@ class GoldenChecks(CheckPlumbing):
                                           outputs=outputs)
         try:
             goldens.write_golden(directory, data, sidecar, max_bytes=limit)
+        except SnapshotWriteError as error:
+            self._fail(str(error), check="golden")
         except goldens.GoldenTooLarge as error:
             self._fail(f"{error}: goldens are meant to be small and committed\n"
                        "fix: build the golden's model from a tiny config (few layers, small "
@@ -86,10 +89,17 @@ class GoldenChecks(CheckPlumbing):
                        "ckpt_golden_max_bytes", check="golden")
 
     def _golden_message(self, model: torch.nn.Module, outcome: GoldenOutcome) -> str:
+        golden = outcome.golden
+        if outcome.unreadable is not None:
+            return render_failure(
+                f"golden checkpoint {golden.label} ({relative(golden.path)}) cannot be read: "
+                f"{outcome.unreadable}", outcome.findings,
+                f"fix: restore {golden.path.name} and {golden.sidecar.name} from version "
+                f"control, or rewrite both under {golden.label.replace('-', ' ')} with: "
+                f"{self.update_command}", color=self._color)
         kinds = ", ".join(dict.fromkeys(finding.kind for finding in outcome.findings))
         raised = f"the load raised {outcome.error.rstrip(':')}" if outcome.error else ""
         why = f"{kinds} ({raised})" if kinds and raised else kinds or raised
-        golden = outcome.golden
         headline = (f"golden checkpoint {golden.label} ({relative(golden.path)}, written with "
                     f"{outcome.written_with}) no longer loads into {type(model).__name__} as "
                     f"it did: {why}")
@@ -108,6 +118,13 @@ class GoldenChecks(CheckPlumbing):
         location = golden_manifest_location(self._assertion, name)
         self._claim_path(golden_directory(location), name)
         return location
+
+
+def _refusal_findings(error: CheckpointReadError) -> tuple[Finding, ...]:
+    """A weights_only refusal of a golden as its ``unsafe_pickle`` finding."""
+    from pytest_ckpt.formats.torch_zip import read_failure
+
+    return tuple(read_failure(error)[1]) if error.unsafe else ()
 
 
 def _size_option(value: int | str) -> int:

@@ -1,6 +1,7 @@
 """The strict-load guard: while a test runs, every ``nn.Module.load_state_dict(...,
 strict=False)`` is watched; a call that drops keys nobody declared is recorded, and the test
-fails after it ran. What the caller receives is unchanged; the patch is removed afterwards."""
+fails after it ran. What the caller receives is unchanged; the patch is removed after the
+test's fixtures are torn down, and only if it is still in place."""
 
 from __future__ import annotations
 
@@ -26,12 +27,16 @@ class SilentLoad:
 
 @dataclass
 class StrictLoadGuard:
-    """Install with :meth:`install`, always :meth:`uninstall` (a ``finally``)."""
+    """:meth:`install` before the test body, :meth:`stop` after it (loads in fixture
+    teardown are not the test's), :meth:`uninstall` after the test's fixtures are torn down
+    (a ``monkeypatch`` of ``load_state_dict`` is undone only then)."""
 
     allow_missing: tuple[str, ...] = ()
     allow_unexpected: tuple[str, ...] = ()
     silent_loads: list[SilentLoad] = field(default_factory=list)
+    watching: bool = False
     _original: Any = None
+    _wrapper: Any = None
 
     def install(self) -> None:
         import torch
@@ -43,18 +48,26 @@ class StrictLoadGuard:
                             **kwargs: Any) -> Any:
             result = original(module, state_dict, *args, **kwargs)
             strict = kwargs.get("strict", args[0] if args else True)
-            if not strict:
+            if guard.watching and not strict:
                 guard._inspect(module, state_dict, result)
             return result
 
+        self._wrapper = load_state_dict
+        self.watching = True
         torch.nn.Module.load_state_dict = load_state_dict  # type: ignore[assignment,method-assign]
 
+    def stop(self) -> None:
+        self.watching = False
+
     def uninstall(self) -> None:
+        """Put back what was there, if the wrapper is still what is there (whatever replaced
+        it since is left alone, and the wrapper, if still called, only passes through)."""
         import torch
 
-        if self._original is not None:
+        self.watching = False
+        if self._original is not None and torch.nn.Module.load_state_dict is self._wrapper:
             torch.nn.Module.load_state_dict = self._original  # type: ignore[method-assign]
-            self._original = None
+        self._original = self._wrapper = None
 
     def _inspect(self, module: torch.nn.Module, state_dict: Any, result: Any) -> None:
         from pytest_ckpt.diagnose import diagnose

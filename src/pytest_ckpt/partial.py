@@ -39,23 +39,30 @@ class LoadResult:
 def load_and_classify(model: torch.nn.Module, state: Mapping[str, Any],
                       load: Callable[[torch.nn.Module, dict[str, Any]], Any] | None,
                       ) -> LoadResult:
-    """Poison the model, load through ``load`` (default ``load_state_dict(strict=False)``),
-    classify, then put back the original values of tensors the load did not write."""
+    """Poison the model (each tensor to differ in every element from the value the load
+    should write: the checkpoint's, or its own where the checkpoint has none), load through
+    ``load`` (default ``load_state_dict(strict=False)``), classify, then put back the original
+    values of the tensors still at their poison (so the model ends with exactly what the
+    load wrote)."""
     import torch
 
-    from pytest_ckpt.values import bitwise_equal, poison_
+    from pytest_ckpt.values import poison_
 
-    tensors = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in model.state_dict(keep_vars=True).items()
+               if isinstance(v, torch.Tensor)}
     original = {key: tensor.detach().clone() for key, tensor in tensors.items()}
-    for tensor in tensors.values():
-        poison_(tensor)
-    poisoned = {key: tensor.detach().clone() for key, tensor in tensors.items()}
+    references: dict[int, torch.Tensor] = {}  # tied keys share one object: one poison
+    for key, tensor in sorted(tensors.items(), key=lambda item: item[0] not in state):
+        references.setdefault(id(tensor), _reference(state.get(key), original[key]))
+    for tensor in {id(tensor): tensor for tensor in tensors.values()}.values():
+        poison_(tensor, avoid=references[id(tensor)])
     report = (load or (lambda m, s: m.load_state_dict(s, strict=False)))(model, dict(state))
-    after = model.state_dict()
-    not_written = tuple(sorted(k for k in tensors if bitwise_equal(after[k], poisoned[k])))
-    wrong = tuple(sorted(
-        k for k in tensors if k not in not_written and isinstance(state.get(k), torch.Tensor)
-        and not bitwise_equal(after[k], state[k].to(after[k].dtype))))
+    after = model.state_dict(keep_vars=True)
+    not_written = tuple(sorted(
+        key for key, tensor in tensors.items() if after.get(key) is tensor
+        and _at_poison(tensor, references[id(tensor)])))
+    wrong = tuple(sorted(key for key in tensors if key not in not_written
+                         and key in after and not _holds(after[key], state.get(key))))
     with torch.no_grad():
         for key in not_written:
             after[key].copy_(original[key])
@@ -64,6 +71,42 @@ def load_and_classify(model: torch.nn.Module, state: Mapping[str, Any],
     if unexpected is None:
         unexpected = set(state) - set(tensors)
     return LoadResult(not_written, wrong, tuple(sorted(unexpected)))
+
+
+def _reference(provided: Any, own: torch.Tensor) -> torch.Tensor:
+    """The value a load should write into a tensor whose own value is ``own``: the
+    checkpoint's when it provides one of the same shape and dtype."""
+    import torch
+
+    if isinstance(provided, torch.Tensor) and provided.shape == own.shape \
+            and provided.dtype == own.dtype and provided.is_quantized == own.is_quantized:
+        return provided
+    return own
+
+
+def _at_poison(tensor: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Whether ``tensor`` still holds the poison made for ``reference`` (recomputed: the
+    poison is a function of the reference). An empty tensor has nothing to write."""
+    from pytest_ckpt.values import bitwise_equal, poisoned_value
+
+    poison = poisoned_value(reference)
+    return poison is not None and bitwise_equal(tensor, poison)
+
+
+def _holds(tensor: Any, provided: Any) -> bool:
+    """Whether a written model tensor holds the checkpoint's value (cast to its dtype, as
+    ``load_state_dict`` does); ``True`` when the checkpoint provides none under that key."""
+    import torch
+
+    from pytest_ckpt.values import bitwise_equal
+
+    if not isinstance(provided, torch.Tensor) or not isinstance(tensor, torch.Tensor):
+        return True
+    if provided.shape != tensor.shape:
+        return False
+    if provided.dtype != tensor.dtype and not (provided.is_quantized or tensor.is_quantized):
+        provided = provided.to(tensor.dtype)
+    return bitwise_equal(tensor, provided)
 
 
 def declared_findings(result: LoadResult, state_keys: Iterable[str], *,

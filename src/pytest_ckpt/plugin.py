@@ -177,6 +177,9 @@ def _marker_options(item: pytest.Item, marker: pytest.Mark) -> dict[str, Any]:
     return dict(marker.kwargs)
 
 
+_GUARD = pytest.StashKey["Any"]()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
     """Watch non-strict load_state_dict calls in tests that asked for it."""
@@ -190,11 +193,12 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 
     guard = StrictLoadGuard(_globs(options.get("allow_missing", ())),
                             _globs(options.get("allow_unexpected", ())))
+    item.stash[_GUARD] = guard
     guard.install()
     try:
         result = yield
     finally:
-        guard.uninstall()
+        guard.stop()
     if guard.silent_loads:
         from pytest_ckpt.report import check_entry
 
@@ -203,6 +207,19 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         pytest.fail(guard.report(item.nodeid, color=item.config.get_terminal_writer().hasmarkup),
                     pytrace=False)
     return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Any:
+    """Remove the strict-load guard once the test's fixtures (``monkeypatch`` among them)
+    have put back what they changed."""
+    try:
+        return (yield)
+    finally:
+        guard = item.stash.get(_GUARD, None)
+        if guard is not None:
+            guard.uninstall()
+            del item.stash[_GUARD]
 
 
 class CkptResults:
@@ -237,10 +254,15 @@ class CkptResults:
         from pathlib import Path
 
         from pytest_ckpt.report import build_report
-        from pytest_ckpt.snapshots import atomic_write_text
+        from pytest_ckpt.snapshots import SnapshotWriteError, atomic_write_text
 
         report = build_report(self.entries)
-        atomic_write_text(Path(self.report_path), json.dumps(report, indent=1) + "\n")
+        try:
+            atomic_write_text(Path(self.report_path), json.dumps(report, indent=1) + "\n")
+        except SnapshotWriteError as error:
+            session.config.get_terminal_writer().line(f"pytest-ckpt: --ckpt-report: {error}",
+                                                      red=True)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _globs(value: Any) -> tuple[str, ...]:

@@ -22,8 +22,8 @@ from pytest_ckpt.formats import get_format
 from pytest_ckpt.manifest import Manifest
 from pytest_ckpt.pages import released_as_loaded, settle
 from pytest_ckpt.values import (
+    Witness,
     bitwise_equal,
-    fingerprint,
     flatten_outputs,
     mismatch_summary,
     poison_,
@@ -146,7 +146,7 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
         return FormatOutcome(name, path, *failure)
     del loaded
     findings = _key_findings(saved, target)
-    findings += value_findings(source_state, target.state_dict(), before)
+    findings += value_findings(source_state, target.state_dict(keep_vars=True), before)
     findings += _tie_findings(source, target)
     if expected_outputs is not None:
         findings += _output_findings(expected_outputs,
@@ -216,24 +216,25 @@ def _key_findings(saved: Manifest, target: torch.nn.Module,
 
 
 def prepare_target(target: torch.nn.Module,
-                    source_state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Poison target tensors equal to the source, then fingerprint every target tensor."""
+                   source_state: dict[str, Any]) -> dict[str, Witness]:
+    """Poison target tensors equal to the source (so a load that skips them cannot pass),
+    then take a write witness of every target tensor."""
     import torch
 
-    state = target.state_dict()
+    state = target.state_dict(keep_vars=True)
     for key, tensor in state.items():
         reference = source_state.get(key)
         if isinstance(tensor, torch.Tensor) and isinstance(reference, torch.Tensor) \
-                and bitwise_equal(fingerprint(tensor), fingerprint(reference)) \
                 and bitwise_equal(tensor, reference):
-            poison_(tensor)
-    return {key: fingerprint(tensor) for key, tensor in state.items()
+            poison_(tensor, avoid=reference)
+    return {key: Witness.of(tensor) for key, tensor in state.items()
             if isinstance(tensor, torch.Tensor)}
 
 
 def poisoned_copy(source: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy whose saved tensors are fresh, poisoned storage (not copies of the values);
-    ties are kept, non-persistent buffers are copied as they are."""
+    """A deep copy whose saved tensors are fresh storage poisoned to differ from the source
+    in every element (not copies of the values); ties are kept, non-persistent buffers are
+    copied as they are."""
     import torch
 
     memo: dict[int, Any] = {}
@@ -241,7 +242,7 @@ def poisoned_copy(source: torch.nn.Module) -> torch.nn.Module:
         if not isinstance(tensor, torch.Tensor) or id(tensor) in memo:
             continue
         fresh = torch.empty_like(tensor)
-        poison_(fresh)
+        poison_(fresh, avoid=tensor)
         if isinstance(tensor, torch.nn.Parameter):
             fresh = torch.nn.Parameter(fresh, requires_grad=tensor.requires_grad)
         memo[id(tensor)] = fresh
@@ -253,7 +254,9 @@ def poisoned_copy(source: torch.nn.Module) -> torch.nn.Module:
 
 
 def value_findings(expected: dict[str, Any], actual: dict[str, Any],
-                    before: dict[str, torch.Tensor]) -> list[Finding]:
+                   before: dict[str, Witness]) -> list[Finding]:
+    """``actual`` is the target's ``state_dict(keep_vars=True)`` after the load (the witnesses
+    know the objects, not copies of them)."""
     import torch
 
     not_loaded: list[str] = []
@@ -265,7 +268,7 @@ def value_findings(expected: dict[str, Any], actual: dict[str, Any],
             continue
         if got.shape != value.shape or got.dtype != value.dtype or bitwise_equal(got, value):
             continue  # shape and dtype drift are reported from the manifests
-        if key in before and bitwise_equal(fingerprint(got), before[key]):
+        if key in before and not before[key].changed(got):
             not_loaded.append(key)
         else:
             wrong.append(key)

@@ -8,8 +8,12 @@ atomic (temporary file + ``os.replace``), so a snapshot is never half-written.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +44,33 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+class SnapshotWriteError(Exception):
+    """A snapshot or golden could not be written; the message names the path and the OS
+    error, and says what to change."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        self.path, self.error = path, error
+        reason = error.strerror or str(error)
+        if error.errno == errno.ENAMETOOLONG:
+            advice = "give the test (or its name=...) a shorter name"
+        elif isinstance(error, PermissionError) or error.errno == errno.EROFS:
+            advice = f"make {path.parent} writable by the user running the tests"
+        else:
+            advice = f"check that {path.parent} can be written"
+        super().__init__(f"could not write {path}: {reason} ({type(error).__name__})\n"
+                         f"fix: {advice}, then run the update again")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``data`` to a temporary file beside ``path`` (named after this process, so a
+    killed writer's leftovers are recognised), then rename it into place; an OS error is a
+    :class:`SnapshotWriteError` naming ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.",
+                                             suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as error:
+        raise SnapshotWriteError(path, error) from None
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it 0600; files are shared
         with os.fdopen(handle, "wb") as stream:
@@ -51,9 +78,52 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise SnapshotWriteError(path, error) from None
         raise
+
+
+TMP_SUFFIX = ".tmp"
+_TMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+_OLD_TMP_AGE = 3600  # seconds; leftovers named without a process id (before 0.1.1)
+
+
+def sweep_orphans(directory: Path) -> list[Path]:
+    """Remove the temporary files killed writers left in ``directory``: those whose process
+    is gone (and unnamed ones older than an hour); the paths removed."""
+    removed: list[Path] = []
+    try:
+        candidates = [entry for entry in directory.iterdir()
+                      if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX)]
+    except OSError:
+        return removed
+    for entry in candidates:
+        if _orphaned(entry):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def _orphaned(entry: Path) -> bool:
+    match = _TMP.match(entry.name)
+    if match is None:
+        try:
+            return time.time() - entry.stat().st_mtime > _OLD_TMP_AGE
+        except OSError:
+            return False
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by another user
+        return False
+    return False
 
 
 def _umask() -> int:
@@ -115,6 +185,11 @@ def compare_with_snapshot(assertion: SnapshotAssertion, text: str,
     stored = location.read_text(encoding="utf-8") if location.is_file() else None
     target = assertion(name=name) if name else assertion
     matched = bool(target == text)
+    if not matched:  # syrupy keeps what its write raised in the assertion's result
+        results = target.executions
+        raised = results[max(results)].exception if results else None
+        if isinstance(raised, SnapshotWriteError):
+            raise raised
     return SnapshotComparison(location, stored, matched, written=matched and stored != text)
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_ckpt.check_plumbing import CheckPlumbing
 from pytest_ckpt.findings import Finding, fix_for, render_failure
 from pytest_ckpt.manifest import ManifestParseError
-from pytest_ckpt.snapshots import compare_with_snapshot, relative
+from pytest_ckpt.snapshots import relative
 
 if TYPE_CHECKING:
     from pytest_ckpt.schema import Schema
@@ -31,8 +31,8 @@ class TrainingChecks(CheckPlumbing):
         check = f"schema[{name}]" if name else "schema"
         schema = Schema.of(self._loaded(checkpoint, check, safe_globals))
         location = self._claim(name, self._schema_assertion)
-        result = compare_with_snapshot(self._schema_assertion,
-                                       _same_across_torch(location, schema), name)
+        result = self.compared(self._schema_assertion, _same_across_torch(location, schema),
+                               name, check)
         if result.matched:
             self._record(check)
             return schema

@@ -63,28 +63,30 @@ def get_format(name: str) -> CheckpointFormat:
 
 def detect_format(path: Path) -> CheckpointFormat:
     """Pick the adapter from the file's first bytes (or a DCP directory's ``.metadata``),
-    not its name."""
-    if path.is_dir():
-        from pytest_ckpt.formats.dcp import is_dcp_directory
+    not its name; anything else is a :class:`CheckpointReadError` naming the path."""
+    from pytest_ckpt.formats.files import open_regular
+    from pytest_ckpt.pickle_scan import not_a_checkpoint
 
-        if is_dcp_directory(path):
+    if path.is_dir():
+        from pytest_ckpt.formats.dcp import METADATA
+
+        if (path / METADATA).exists() or (path / METADATA).is_symlink():
             return get_format("dcp")
-        raise CheckpointReadError(path, "is a directory without a .metadata file, not a "
-                                        "torch.distributed.checkpoint checkpoint")
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-    except OSError as error:
-        raise CheckpointReadError(path, f"cannot be opened: {error.strerror}") from None
+        raise CheckpointReadError(path, f"is a directory without a {METADATA} file, not a "
+                                        "torch.distributed.checkpoint checkpoint", advice=(
+            "fix: pass a checkpoint file, or the directory torch.distributed.checkpoint.save "
+            "wrote"))
+    with open_regular(path) as handle:
+        head = handle.read(16)
+    if not head:
+        raise not_a_checkpoint(path, "the file is empty")
     if head.startswith(b"PK\x03\x04"):
         return get_format("torch")
     if len(head) >= 9 and head[8:9] == b"{":
         return get_format("safetensors")
     if head.startswith(b"\x80"):
-        return get_format("torch")  # legacy (non-zip) torch.save; torch.load reads it
-    raise CheckpointReadError(
-        path, "is not a checkpoint: it is neither a torch zip file, a legacy torch file "
-              "nor a safetensors file")
+        return get_format("torch")  # legacy (non-zip) torch.save; the scan checks the rest
+    raise not_a_checkpoint(path)
 
 
 def read_checkpoint_manifest(path: Path) -> Manifest:
@@ -124,11 +126,20 @@ def file_notes(path: Path) -> list[str]:
     return notes
 
 
-def load_checkpoint(path: Path, safe_globals: Sequence[Any] = ()) -> Any:
-    """What a checkpoint holds: ``torch.load(weights_only=True)`` of a file (the container as
-    saved), or the tensors of a DCP directory (``safe_globals`` apply to torch files)."""
-    if path.is_dir():
-        return get_format("dcp").load(path)
+def load_checkpoint(path: Path, safe_globals: Sequence[Any] = (), *,
+                    tensors_only: bool = False) -> Any:
+    """What a checkpoint from elsewhere holds: ``torch.load(weights_only=True)`` of a torch
+    file (the container as saved, after the admission checks and a CRC check of its data),
+    the tensors of a safetensors file, or the entries of a DCP directory read without DCP's
+    own unpickling (only its tensors with ``tensors_only``; ``safe_globals`` apply to torch
+    files)."""
+    fmt = detect_format(path)
+    if fmt.name == "dcp":
+        from pytest_ckpt.formats.dcp import read_dcp_state
+
+        return read_dcp_state(path, values=not tensors_only)
+    if fmt.name == "safetensors":
+        return fmt.load(path)
     from pytest_ckpt.formats.torch_zip import load_weights_only
 
-    return load_weights_only(path, safe_globals)
+    return load_weights_only(path, safe_globals, verify_data=True)

@@ -1,24 +1,25 @@
 """``torch.distributed.checkpoint`` directories: the manifest from ``.metadata`` alone (no
-tensor data read), and a one-process save/load for round-trips.
+tensor data read), a reader for directories from elsewhere, and a one-process save/load for
+round-trips.
 
-DCP writes ``.metadata`` with plain ``pickle``. pytest-ckpt reads it with an unpickler that
-admits only what DCP metadata holds (its dataclasses and enums, ``torch.Size``, dtypes, a path)
-and refuses anything else by name, so a crafted directory runs nothing.
+A directory from elsewhere is never given to DCP's own load: DCP unpickles ``.metadata`` with
+plain ``pickle`` and non-tensor entries with ``torch.load(weights_only=False)`` (tensor chunks
+too, before torch 2.2). Its validated metadata (``dcp_metadata``) locates each slice, and every
+slice is read with ``torch.load(weights_only=True)`` after the admission checks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
 import importlib
-import pickle
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
-from pytest_ckpt.errors import CheckpointReadError, first_line
+from pytest_ckpt.errors import CheckpointReadError
+from pytest_ckpt.formats.dcp_metadata import METADATA as METADATA
+from pytest_ckpt.formats.dcp_metadata import index_of, read_metadata, storage_slice
 from pytest_ckpt.manifest import Manifest, ManifestRow, dtype_name
 
 if TYPE_CHECKING:
@@ -26,55 +27,8 @@ if TYPE_CHECKING:
 
     from pytest_ckpt.findings import Finding
 
-METADATA = ".metadata"
-_DCP_MODULES = ("torch.distributed.checkpoint.", "torch.distributed._shard.")
-_FUNCTIONS = {("torch.serialization", "_get_layout")}  # "torch.strided" -> torch.strided
-_PATHS = {("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "Path")}
-
-
 def is_dcp_directory(path: Path) -> bool:
     return path.is_dir() and (path / METADATA).is_file()
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        import torch
-
-        if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None),
-                                                               torch.dtype)):
-            return getattr(torch, name)
-        if (module, name) in _PATHS or (module, name) == ("collections", "OrderedDict"):
-            return getattr(importlib.import_module(module), name)
-        if module.startswith(_DCP_MODULES) or (module, name) in _FUNCTIONS:
-            found = getattr(importlib.import_module(module), name, None)
-            if found is None:
-                raise pickle.UnpicklingError(
-                    f"it needs {module}.{name}, which torch {torch.__version__} lacks (the "
-                    "checkpoint was written by a newer torch)")
-            if (module, name) in _FUNCTIONS or (isinstance(found, type) and (
-                    dataclasses.is_dataclass(found) or issubclass(found, enum.Enum))):
-                return found
-        raise pickle.UnpicklingError(f"global {module}.{name} is not part of DCP metadata "
-                                     "(refused)")
-
-
-def read_metadata(path: Path) -> Any:
-    """The ``Metadata`` of a DCP directory, read without running anything from the pickle."""
-    if not is_dcp_directory(path):
-        raise CheckpointReadError(path, f"is not a torch.distributed.checkpoint directory "
-                                        f"(no {METADATA} file)")
-    try:
-        with open(path / METADATA, "rb") as stream:
-            metadata = _MetadataUnpickler(stream).load()
-    except pickle.UnpicklingError as error:
-        raise CheckpointReadError(path / METADATA, f"cannot be read: {error}; nothing from "
-                                  "it was executed") from None
-    except (EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
-        raise CheckpointReadError(path / METADATA, f"is corrupt or truncated "
-                                  f"({first_line(error)})") from None
-    if not hasattr(metadata, "state_dict_metadata"):
-        raise CheckpointReadError(path / METADATA, "holds no DCP state_dict metadata")
-    return metadata
 
 
 def manifest_from_metadata(path: Path) -> Manifest:
@@ -82,12 +36,77 @@ def manifest_from_metadata(path: Path) -> Manifest:
     ``extra`` rows), from ``.metadata`` only."""
     rows = []
     for key, item in read_metadata(path).state_dict_metadata.items():
-        properties = getattr(item, "properties", None)
-        if properties is None:  # BytesStorageMetadata: a pickled non-tensor value
+        if _is_bytes(item):  # a pickled non-tensor value
             rows.append(ManifestRow(key, "object", (), "extra"))
         else:
-            rows.append(ManifestRow(key, dtype_name(properties.dtype), tuple(item.size)))
+            rows.append(ManifestRow(key, dtype_name(item.properties.dtype), tuple(item.size)))
     return Manifest(tuple(rows))
+
+
+def _is_bytes(item: Any) -> bool:
+    """A ``BytesStorageMetadata`` entry (the metadata is validated: exactly that type, or
+    exactly ``TensorStorageMetadata``)."""
+    return type(item).__name__ == "BytesStorageMetadata"
+
+
+def read_dcp_state(path: Path, *, values: bool = True) -> dict[str, Any]:
+    """Every entry of a DCP directory from elsewhere: tensors assembled from their chunks and
+    (with ``values``) non-tensor entries, each slice loaded with ``weights_only=True``. A
+    slice that needs more than weights_only allows is an ``unsafe_pickle`` refusal naming
+    its key."""
+    import torch
+
+    metadata = read_metadata(path)
+    infos = metadata.storage_data
+    state: dict[str, Any] = {}
+    refused: list[tuple[str, str]] = []
+    for key, item in metadata.state_dict_metadata.items():
+        if _is_bytes(item) and not values:
+            continue
+        try:
+            if _is_bytes(item):
+                state[key] = _load_slice(path, key, infos[index_of(key, None)])
+            else:
+                state[key] = _assemble(path, key, item, infos, torch)
+        except CheckpointReadError as error:
+            if not error.unsafe:
+                raise
+            refused += [(f"[{key!r}]", name) for _, name in error.unsafe]
+    if refused:
+        shown = "; ".join(f"{where}: {name}" for where, name in refused[:6])
+        raise CheckpointReadError(path, f"was refused by torch.load(weights_only=True) for "
+                                        f"some entries; nothing from it was executed. They "
+                                        f"need these globals: {shown}", unsafe=tuple(refused))
+    return state
+
+
+def _assemble(path: Path, key: str, item: Any, infos: Any, torch: Any) -> Any:
+    whole = torch.empty(tuple(item.size), dtype=item.properties.dtype)
+    for chunk in item.chunks:
+        part = _load_slice(path, key, infos[index_of(key, chunk.offsets)])
+        if not isinstance(part, torch.Tensor) or tuple(part.shape) != tuple(chunk.sizes) \
+                or part.dtype != whole.dtype:
+            raise CheckpointReadError(path, f"is corrupt: the chunk of {key!r} at "
+                                            f"{list(chunk.offsets)} is not a "
+                                            f"{dtype_name(whole.dtype)} tensor of size "
+                                            f"{list(chunk.sizes)}")
+        region = tuple(slice(start, start + size)
+                       for start, size in zip(chunk.offsets, chunk.sizes, strict=True))
+        whole[region] = part
+    return whole
+
+
+def _load_slice(path: Path, key: str, info: Any) -> Any:
+    from pytest_ckpt.formats.torch_zip import load_bytes_weights_only
+
+    if getattr(info, "transform_descriptors", None):
+        raise CheckpointReadError(path, f"stores {key!r} through DCP stream transforms "
+                                        f"({', '.join(info.transform_descriptors)}), which "
+                                        "pytest-ckpt does not read", advice=(
+            "fix: save the checkpoint without _extensions= for the tests"))
+    label = Path(f"{path}/{info.relative_path}[{info.offset}:{info.offset + info.length}] "
+                 f"({key!r})")
+    return load_bytes_weights_only(storage_slice(path, info), label)
 
 
 @final
@@ -103,14 +122,14 @@ class DcpFormat:
         save_state(module.state_dict(), path)
 
     def load(self, path: Path) -> dict[str, Any]:
-        """Tensors allocated from the metadata, then filled by ``dcp.load``."""
+        """The tensors of a directory this round-trip wrote: allocated from the (validated)
+        metadata, then filled by ``dcp.load``, the path users take."""
         import torch
 
         metadata = read_metadata(path)
         state: dict[str, Any] = {
             key: torch.empty(tuple(item.size), dtype=item.properties.dtype)
-            for key, item in metadata.state_dict_metadata.items()
-            if getattr(item, "properties", None) is not None}
+            for key, item in metadata.state_dict_metadata.items() if not _is_bytes(item)}
         load_state(state, path)
         return state
 
@@ -128,8 +147,8 @@ def save_state(state: dict[str, Any], path: Path) -> None:
 
 
 def load_state(state: dict[str, Any], path: Path) -> None:
-    """``dcp.load`` into ``state`` in place (DCP's own pickle read of ``.metadata``; call
-    :func:`read_metadata` first on files you did not write)."""
+    """``dcp.load`` into ``state`` in place: only for directories this process wrote (DCP
+    unpickles their metadata and values unrestricted; see :func:`read_dcp_state`)."""
     dcp: Any = importlib.import_module("torch.distributed.checkpoint")
     with single_process():
         if hasattr(dcp, "load"):

@@ -71,17 +71,18 @@ def is_record(value: Any) -> bool:
 
 def read_container(path: Path) -> Any:
     """The checkpoint's container with a :class:`TensorRecord` for each tensor; ``None`` when
-    the file is not a zip of plain tensors and containers. A storage whose bytes in the zip
-    are not what the pickle says is a :class:`CheckpointReadError`."""
-    scanned = scan(path)
-    if scanned is None or scanned.prefix is None:  # unreadable, or a legacy (non-zip) file
+    the file is not a zip of plain tensors and containers. A file the scan refuses, or a
+    storage whose bytes in the zip are not what the pickle says, is a
+    :class:`CheckpointReadError`. Tensor bytes are not read (nor CRC-checked) here."""
+    scanned = scan(path)  # refuses files that are damaged, hostile or not torch files
+    if scanned.prefix is None:  # a legacy (non-zip) file
         return None
     try:
         return _rebuild(scanned.root, scanned.sizes, scanned.prefix)
     except _Corrupt as error:
         raise CheckpointReadError(path, f"is corrupt: {error}") from None
-    except (_Unsupported, TypeError, ValueError, RecursionError):
-        return None  # RecursionError: a container that holds itself
+    except (_Unsupported, TypeError, ValueError, AttributeError):
+        return None  # stand-ins built in ways torch.save never writes: torch.load decides
 
 
 def read_state(path: Path) -> dict[str, TensorRecord] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import warnings
 import zipfile
@@ -11,13 +12,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
 from pytest_ckpt.container import WEIGHT_ENTRIES, container_layout
-from pytest_ckpt.errors import CheckpointReadError, CkptUsageError, first_line
+from pytest_ckpt.errors import (
+    CheckpointReadError,
+    CkptUsageError,
+    first_line,
+    without_unsafe_advice,
+)
 from pytest_ckpt.manifest import Manifest
 
 if TYPE_CHECKING:
     import torch
 
     from pytest_ckpt.findings import Finding
+    from pytest_ckpt.pickle_scan import Scanned
 
 
 @final
@@ -32,9 +39,9 @@ class TorchZipFormat:
         torch.save(module.state_dict(), path)
 
     def load(self, path: Path) -> dict[str, Any]:
-        """Load with ``weights_only=True``, memory-mapped when the file is a zip."""
-        loaded = load_weights_only(path)
-        return state_dict_of(loaded, path)
+        """Load a file this round-trip just wrote: ``weights_only=True``, memory-mapped (the
+        admission checks of :func:`load_weights_only` are for files from elsewhere)."""
+        return state_dict_of(torch_load(path, (), mmap=True), path)
 
     def read_manifest(self, path: Path) -> Manifest:
         """From the pickle and the zip directory alone when the file holds plain tensors
@@ -42,27 +49,97 @@ class TorchZipFormat:
         from pytest_ckpt.formats.torch_header import read_manifest
 
         header = read_manifest(path)
-        return header if header is not None else Manifest.from_state_dict(self.load(path))
+        if header is not None:
+            return header
+        return Manifest.from_state_dict(state_dict_of(load_weights_only(path), path))
 
 
-def load_weights_only(path: Path, safe_globals: Sequence[Any] = ()) -> Any:
+def load_weights_only(path: Path, safe_globals: Sequence[Any] = (), *,
+                      verify_data: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``, memory-mapped when the file is a zip, with
-    exactly ``safe_globals`` allowed besides torch's own; a refusal or a corrupt file names
-    the file (and each global the refusal is about)."""
+    exactly ``safe_globals`` allowed besides torch's own. The file is admitted first (see
+    :func:`admit`); with ``verify_data`` every storage's CRC-32 is checked too. A refusal or a
+    damaged file is a :class:`CheckpointReadError` naming the file (and each global the
+    refusal is about); nothing else escapes."""
+    from pytest_ckpt.pickle_scan import scan
+
+    scanned = admit(scan(path), path)
+    if verify_data and scanned.prefix is not None:
+        verify_storages(path)
+    return torch_load(path, safe_globals, mmap=scanned.prefix is not None, scanned=scanned)
+
+
+def load_bytes_weights_only(data: bytes, source: Path) -> Any:
+    """:func:`load_weights_only` of a checkpoint held in memory (a DCP slice)."""
+    from pytest_ckpt.pickle_scan import scan_stream
+
+    scanned = admit(scan_stream(io.BytesIO(data), source), source)
+    return torch_load(source, (), mmap=False, scanned=scanned, data=data)
+
+
+def torch_load(path: Path, safe_globals: Sequence[Any], *, mmap: bool,
+               scanned: Scanned | None = None, data: bytes | None = None) -> Any:
+    """``torch.load(weights_only=True)`` of ``path`` (or of ``data``, which ``path`` then only
+    names) with every failure a :class:`CheckpointReadError`."""
     import torch
 
-    mmap = zipfile.is_zipfile(path)
     try:
         with warnings.catch_warnings(), allowed_globals(safe_globals):
             # torch warns before refusing a raw pickle; the refusal below says it better
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             # torch 2.1's weights_only unpickler itself warns about TypedStorage
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+            source: Any = str(path) if data is None else io.BytesIO(data)
+            return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        raise _refusal(path, error, safe_globals) from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
-        raise CheckpointReadError(path, f"is corrupt or truncated ({first_line(error)})") from None
+        raise _refusal(path, error, safe_globals, scanned, data) from None
+    except CkptUsageError:
+        raise
+    except Exception as error:  # torch's reader and unpickler raise many kinds on bad files
+        raise CheckpointReadError(path, f"is corrupt or truncated ({type(error).__name__}: "
+                                        f"{first_line(error)})") from None
+
+
+def admit(scanned: Scanned, path: Path) -> Scanned:
+    """What every torch file passes before ``torch.load`` reads it (``scanned`` is its
+    :func:`~pytest_ckpt.pickle_scan.scan`, which checked that it is a regular file; a zip
+    whose entries lie inside the file and do not inflate out of proportion, or a legacy file
+    whose storages fit in it; a pickle within the opcode and structure bounds): for a zip,
+    every storage the pickle names is present with the bytes it says."""
+    if scanned.prefix is None:
+        return scanned
+    for record in scanned.storages:
+        entry = f"{scanned.prefix}data/{record.key}"
+        held, wanted = scanned.sizes.get(entry), record.nbytes
+        if held is None:
+            raise CheckpointReadError(path, f"is corrupt: its pickle names the storage "
+                                            f"data/{record.key}, which the archive lacks")
+        if wanted is not None and held != wanted:
+            raise CheckpointReadError(path, f"is corrupt: its storage data/{record.key} holds "
+                                            f"{held:,} bytes where its tensors need {wanted:,}")
+    return scanned
+
+
+def verify_storages(path: Path, chunk: int = 1 << 20) -> None:
+    """Read every storage entry of a zip checkpoint in chunks and check its CRC-32 (the
+    header-only readers do not read tensor data)."""
+    from pytest_ckpt.formats.files import open_regular
+
+    with open_regular(path) as handle, zipfile.ZipFile(handle) as archive:
+        for info in archive.infolist():
+            if "/data/" not in info.filename and not info.filename.startswith("data/"):
+                continue
+            try:
+                with archive.open(info) as stream:
+                    while stream.read(chunk):
+                        pass
+            except zipfile.BadZipFile:
+                raise CheckpointReadError(path, f"is corrupt: its storage {info.filename} "
+                                                "fails its CRC-32 check (the file changed "
+                                                "after it was written)") from None
+            except (OSError, EOFError, ValueError, NotImplementedError) as error:
+                raise CheckpointReadError(path, f"is corrupt: its storage {info.filename} "
+                                                f"cannot be read ({error})") from None
 
 
 @contextmanager
@@ -101,18 +178,19 @@ def _unpickler_line(error: Exception) -> str:
     """The line of torch's refusal that names the cause (``WeightsUnpickler error: ...``)."""
     lines = [line.strip() for line in str(error).splitlines()]
     cause = [line for line in lines if line.startswith("WeightsUnpickler error")]
-    return cause[0] if cause else first_line(error, 400)
+    return without_unsafe_advice(cause[0]) if cause else first_line(error, 400)
 
 
-def _unsafe_by_torch(path: Path) -> set[str]:
+def _unsafe_by_torch(path: Path, data: bytes | None) -> set[str]:
     """torch's own list of the globals a zip checkpoint needs (torch >= 2.5), if it has one."""
     import torch
 
     get = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
-    if not callable(get) or not zipfile.is_zipfile(path):
+    if not callable(get) or not zipfile.is_zipfile(str(path) if data is None
+                                                   else io.BytesIO(data)):
         return set()
     try:
-        return set(get(str(path)))
+        return set(get(str(path) if data is None else io.BytesIO(data)))
     except Exception:  # torch's scanner failed on this file: the refusal itself still stands
         return set()
 
@@ -126,20 +204,28 @@ def _allowed_by_torch() -> set[str]:
     return {entry[1] if isinstance(entry, tuple) else global_name(entry) for entry in entries}
 
 
-def _refusal(path: Path, error: Exception, safe_globals: Sequence[Any]) -> CheckpointReadError:
+def _refusal(path: Path, error: Exception, safe_globals: Sequence[Any],
+             scanned: Scanned | None, data: bytes | None) -> CheckpointReadError:
     """Why weights_only refused the file: each global it needs and where it sits."""
-    from pytest_ckpt.pickle_scan import unsafe_globals
+    from pytest_ckpt.pickle_scan import scan, unsafe_globals
 
     allowed = {global_name(value) for value in safe_globals} | _allowed_by_torch()
-    found = [(where, name) for where, name in unsafe_globals(path) if name not in allowed]
+    if scanned is None and data is None:  # a file this process wrote: scanned only now
+        try:
+            scanned = scan(path)
+        except CheckpointReadError:
+            scanned = None
+    listed = unsafe_globals(scanned) if scanned is not None else []
+    found = [(where, name) for where, name in listed if name not in allowed]
     placed = {name for _, name in found}
     found += [("<somewhere in the container>", name)
-              for name in sorted(_unsafe_by_torch(path) - allowed - placed)]
+              for name in sorted(_unsafe_by_torch(path, data) - allowed - placed)]
     if not found:
         return CheckpointReadError(
             path, f"was refused by torch.load(weights_only=True): {_unpickler_line(error)}. "
-                  "It needs globals that are not plain tensors or containers; nothing from it "
-                  "was executed")
+                  "Nothing from it was executed", advice=(
+                "fix: save plain tensors and containers only (torch.save(model.state_dict())), "
+                "so that weights_only=True loads it"))
     shown = "; ".join(f"{where}: {name}" for where, name in found[:6])
     more = f" (and {len(found) - 6} more)" if len(found) > 6 else ""
     return CheckpointReadError(
@@ -171,7 +257,7 @@ def read_failure(error: CheckpointReadError, *, color: bool = False) -> tuple[st
     from pytest_ckpt.findings import Finding, render_failure
 
     if not error.unsafe:
-        return str(error), []
+        return error.paragraph(), []
     places = tuple(dict.fromkeys(where for where, _ in error.unsafe))
     finding = Finding("unsafe_pickle", places,
                       "torch.load(weights_only=True) refuses the globals these entries need; "
