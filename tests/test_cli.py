@@ -48,7 +48,8 @@ def test_show_prints_the_container_and_the_manifest(files):
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert lines[:3] == [
-        "old.pt: torch, 36 entries, 672 elements",
+        "old.pt: torch, 36 entries, 672 elements "
+        "(header read; tensor data not read or CRC-checked)",
         "container: {'model': state_dict}; also epoch (int)",
         "# pytest-ckpt manifest v1: 36 entries, 672 elements",
     ]

@@ -128,7 +128,8 @@ def test_show_reads_a_dcp_directory(tmp_path):
                              str(tmp_path / "ckpt")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[:2] == [
-        f"{tmp_path / 'ckpt'}: dcp, 1 entries, 64 elements",
+        f"{tmp_path / 'ckpt'}: dcp, 1 entries, 64 elements "
+        "(header read; tensor data not read or CRC-checked)",
         "container: torch.distributed.checkpoint directory (read from .metadata)"]
 
 

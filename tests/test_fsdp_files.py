@@ -76,7 +76,8 @@ def test_show_names_the_flat_parameter_shards_of_a_real_fsdp_checkpoint(fsdp_loc
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "local.pt: torch, 3 entries, 62 elements",
+        "local.pt: torch, 3 entries, 62 elements "
+        "(header read; tensor data not read or CRC-checked)",
         "container: bare state_dict",
         "note: 3 ShardedTensor entries (_flat_param, {0,2}._flat_param): FSDP local (or "
         "sharded) state, one rank's shards; the shapes shown are the whole tensors, and "

@@ -291,7 +291,10 @@ class CheckpointChecks(GoldenChecks, TrainingChecks):
 
         return self._claim_path(snapshot_location(assertion or self._assertion, name), name)
 
-    def _claim_path(self, location: Path, name: str | None) -> Path:
+    def _claim_path(self, location: Path, name: str | None, *,
+                    folder: Path | None = None) -> Path:
+        """Claim ``location`` for this test (``folder``: where its files go, by default the
+        location's parent)."""
         __tracebackhide__ = True
         others = self._state.collisions.get(self._nodeid, []) if name is None else []
         owner, owner_name = self._state.claimed.setdefault(location, (self._nodeid, name))
@@ -306,12 +309,17 @@ class CheckpointChecks(GoldenChecks, TrainingChecks):
                        f"name={name!r} would share {relative(location)} (a snapshot name "
                        "keeps only letters, digits, '_', '-' and '.')\n"
                        "fix: pass names that differ in those characters")
-        if self._update and location.parent not in self._state.swept:
-            from pytest_ckpt.snapshots import sweep_orphans
-
-            self._state.swept.add(location.parent)
-            sweep_orphans(location.parent)
+        if self._update:
+            self.sweep(folder or location.parent)
         return location
+
+    def sweep(self, folder: Path) -> None:
+        """On an update, remove what killed writers left in ``folder`` (once a session)."""
+        from pytest_ckpt.snapshots import sweep_orphans
+
+        if folder not in self._state.swept:
+            self._state.swept.add(folder)
+            sweep_orphans(folder)
 
     def compared(self, assertion: SnapshotAssertion, text: str, name: str | None,
                  check: str) -> SnapshotComparison:

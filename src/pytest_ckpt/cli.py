@@ -25,6 +25,7 @@ from pytest_ckpt.manifest import Manifest
 from pytest_ckpt.report import ReportError
 
 EXIT_OK, EXIT_INCOMPATIBLE, EXIT_USAGE = 0, 1, 2
+HEADER_ONLY = "header read; tensor data not read or CRC-checked"
 
 
 class InputError(Exception):
@@ -72,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytest-ckpt", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    show = commands.add_parser("show", help="manifest and container layout of a checkpoint")
+    show = commands.add_parser("show", help="manifest and container layout of a checkpoint, "
+                                             "from its header (tensor data is not read)")
     show.add_argument("file")
     show.add_argument("--json", action="store_true", help="print JSON")
     diff = commands.add_parser("diff", help="diagnose A (checkpoint) against B (model or file)")
@@ -107,7 +109,8 @@ def _show(path: Path, *, as_json: bool) -> int:
                           "notes": notes, "manifest": [_row_json(row) for row in manifest]},
                          indent=2))
         return EXIT_OK
-    print(f"{path}: {fmt.name}, {len(manifest)} entries, {manifest.numel:,} elements")
+    print(f"{path}: {fmt.name}, {len(manifest)} entries, {manifest.numel:,} elements "
+          f"({HEADER_ONLY})")
     print(f"container: {layout['layout']}" + "".join(
         f"; also {key} ({kind})" for key, kind in layout["others"].items()))
     for note in notes:

@@ -36,8 +36,9 @@ def is_torch_tensor(value: Any) -> bool:
 
 
 def is_state_dict(value: Any, is_tensor: Callable[[Any], bool] = is_torch_tensor) -> bool:
+    """A non-empty dict of string keys to tensors."""
     return isinstance(value, dict) and bool(value) and all(
-        is_tensor(item) for item in value.values())
+        isinstance(key, str) and is_tensor(item) for key, item in value.items())
 
 
 def container_layout(loaded: Any,

@@ -116,7 +116,8 @@ class GoldenChecks(CheckPlumbing):
         from pytest_ckpt.snapshots import golden_manifest_location
 
         location = golden_manifest_location(self._assertion, name)
-        self._claim_path(golden_directory(location), name)
+        directory = golden_directory(location)
+        self._claim_path(directory, name, folder=directory)
         return location
 
 

@@ -12,7 +12,7 @@ reached) to more than ``MAX_NODES`` entries.
 from __future__ import annotations
 
 import pickletools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,11 @@ def refused(source: Path, reason: str) -> CheckpointReadError:
                                advice=_BOMB_FIX)
 
 
-def check_opcodes(data: bytes, source: Path) -> None:
-    """Raise a :class:`CheckpointReadError` naming ``source`` when the pickle in ``data`` is
-    malformed or would make an unpickler allocate out of proportion to its size."""
+def check_opcodes(data: bytes, source: Path, entry: str | None = None) -> None:
+    """Raise a :class:`CheckpointReadError` naming ``source`` (and the archive ``entry`` that
+    holds the pickle) when the pickle in ``data`` is malformed or would make an unpickler
+    allocate out of proportion to its size."""
+    where = f" in {entry}" if entry else ""
     memo = 0
     try:
         for opcode, argument, position in pickletools.genops(data):
@@ -56,33 +58,41 @@ def check_opcodes(data: bytes, source: Path) -> None:
     except CheckpointReadError:
         raise
     except Exception as error:  # genops: unknown opcode, truncated argument, no STOP
-        raise CheckpointReadError(source, f"holds a malformed or truncated pickle ({error})"
-                                  ) from None
+        raise CheckpointReadError(source, f"holds a malformed or truncated pickle{where} "
+                                          f"({error})") from None
 
 
 def check_structure(root: Any, source: Path,
-                    children: Callable[[Any], list[Any] | None]) -> None:
+                    children: Callable[[Any], Iterable[Any] | None]) -> None:
     """Raise when the container ``root`` holds itself, nests too deep or expands too far;
-    ``children(value)`` is what a walker visits under ``value`` (``None`` for a leaf)."""
-    stack: list[tuple[Any, int, bool]] = [(root, 1, False)]
-    on_path: set[int] = set()
-    reached = 0
+    ``children(value)`` is what a walker visits under ``value`` (``None`` for a leaf). The
+    walk keeps one iterator per level, so it needs memory for the depth, not the breadth."""
+    below = children(root)
+    if below is None:
+        return
+    stack: list[tuple[Any, Iterator[Any]]] = [(root, iter(below))]
+    on_path = {id(root)}
+    reached = 1
     while stack:
-        value, depth, leaving = stack.pop()
-        if leaving:
-            on_path.discard(id(value))
+        parent, pending = stack[-1]
+        child = next(pending, _DONE)
+        if child is _DONE:
+            stack.pop()
+            on_path.discard(id(parent))
             continue
         reached += 1
-        below = children(value)
-        if below is None:
-            continue
-        if id(value) in on_path:
-            raise refused(source, "holds a container that contains itself")
-        if depth > MAX_DEPTH:
-            raise refused(source, f"nests containers more than {MAX_DEPTH} deep")
         if reached > MAX_NODES:
-            raise refused(source, f"expands to more than {MAX_NODES:,} entries (shared "
-                                  "parts repeated: a memory and time bomb)")
-        on_path.add(id(value))
-        stack.append((value, depth, True))
-        stack.extend((child, depth + 1, False) for child in below)
+            raise refused(source, f"holds more than {MAX_NODES:,} entries, counting shared "
+                                  "parts each time they are reached (a memory and time bomb)")
+        grandchildren = children(child)
+        if grandchildren is None:
+            continue
+        if id(child) in on_path:
+            raise refused(source, "holds a container that contains itself")
+        if len(stack) >= MAX_DEPTH:
+            raise refused(source, f"nests containers more than {MAX_DEPTH} deep")
+        on_path.add(id(child))
+        stack.append((child, iter(grandchildren)))
+
+
+_DONE = object()

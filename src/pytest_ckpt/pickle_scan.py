@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,6 +37,7 @@ _NUMPY_DTYPES = {"f2": "Float16", "f4": "Float32", "f8": "Float64", "i1": "Int8"
 MAX_PICKLE_BYTES = 256 << 20  # a data.pkl (or DCP .metadata) larger than this is refused
 MAX_RATIO = 200  # a compressed zip entry may inflate to at most this many times its size
 MAX_STAND_INS = 10_000  # distinct globals one pickle may name (real checkpoints: < 50)
+MAX_BUILT = 1_000_000  # objects built from globals (a tensor takes one or two)
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_ITEMSIZE = {"DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2,
                      "BFloat16Storage": 2, "LongStorage": 8, "IntStorage": 4, "ShortStorage": 2,
@@ -48,9 +51,14 @@ class Stub:
 
     __slots__ = ("_items", "args", "state")
     qualname = "?"
+    made: Callable[[], None] = staticmethod(lambda: None)  # a scan counts what it builds
     _items: dict[Any, Any] | None
     args: tuple[Any, ...]
     state: Any
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Stub:
+        cls.made()
+        return super().__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args = args
@@ -114,15 +122,23 @@ class _StandIns:
         self.source = source
         self.classes: dict[str, type[Stub]] = {}
         self.dict_type = type("OrderedDict", (StandInDict,), {})
+        self.built = 0
 
     def named(self, qualname: str) -> type[Stub]:
         if qualname not in self.classes:
             if len(self.classes) >= MAX_STAND_INS:
                 raise CheckpointReadError(self.source, f"names more than {MAX_STAND_INS:,} "
                                           "distinct globals: refused as a memory bomb")
-            self.classes[qualname] = type(qualname.rpartition(".")[2] or "?", (Stub,),
-                                          {"__slots__": (), "qualname": qualname})
+            self.classes[qualname] = type(qualname.rpartition(".")[2] or "?", (Stub,), {
+                "__slots__": (), "qualname": qualname, "made": staticmethod(self.made)})
         return self.classes[qualname]
+
+    def made(self) -> None:
+        """Count one object built from a global (a tensor takes one or two)."""
+        self.built += 1
+        if self.built > MAX_BUILT:
+            raise CheckpointReadError(self.source, f"builds more than {MAX_BUILT:,} objects "
+                                      "from its globals: refused as a memory bomb")
 
     def getattr_function(self) -> Callable[..., type[Stub]]:
         """``getattr(Global, 'name')`` in a pickle (a nested class, a classmethod): a stand-in
@@ -185,7 +201,7 @@ def storage_locations(path: Path) -> dict[str, int]:
 
 
 _CACHE: OrderedDict[tuple[Any, ...], Scanned] = OrderedDict()
-_CACHE_SIZE = 8
+_CACHE_SIZE = 2  # show reads one file's scan several times; keep little else
 
 
 def scan(path: Path) -> Scanned:
@@ -219,7 +235,7 @@ def scan_stream(handle: BinaryIO, source: Path) -> Scanned:
 def scan_pickle_bytes(data: bytes, source: Path, *, prefix: str | None = None,
                       sizes: Mapping[str, int] | None = None) -> Scanned:
     """Scan one pickle held in memory (a zip's ``data.pkl``), bounds first."""
-    check_opcodes(data, source)
+    check_opcodes(data, source, None if prefix is None else f"{prefix}data.pkl")
     scanner = _Scanner(io.BytesIO(data), _StandIns(source))
     root = _load(scanner, source)
     check_structure(root, source, _children)
@@ -237,15 +253,15 @@ def _load(scanner: _Scanner, source: Path) -> Any:
                                   f"{str(error)[:120]}); nothing from it was executed") from None
 
 
-def _children(value: Any) -> list[Any] | None:
+def _children(value: Any) -> Iterable[Any] | None:
     """What a walker of a scanned container visits under ``value``; ``None`` for a leaf."""
     if isinstance(value, dict):
-        extra = list(vars(value).values()) if isinstance(value, StandInDict) else []
-        return [*value.keys(), *value.values(), *extra]
+        extra = vars(value).values() if isinstance(value, StandInDict) else ()
+        return itertools.chain(value.keys(), value.values(), extra)
     if isinstance(value, (list, tuple, set, frozenset)):
-        return list(value)
+        return value
     if isinstance(value, Stub):
-        return [value.args, value.state, value._items]
+        return [part for part in (value.args, value.state, value._items) if part]
     return None
 
 
@@ -278,6 +294,9 @@ def read_zip_pickle(handle: BinaryIO, path: Path) -> tuple[str, bytes, dict[str,
 
 def _check_entry(handle: BinaryIO, info: zipfile.ZipInfo, total: int, path: Path) -> None:
     """The entry's data lies inside the file, and a compressed entry is not a bomb."""
+    if not 0 <= info.header_offset < total or info.compress_size < 0:
+        raise CheckpointReadError(path, f"is corrupt: zip entry {info.filename} is said to "
+                                        f"start at byte {info.header_offset:,} of {total:,}")
     handle.seek(info.header_offset)
     header = handle.read(30)
     if len(header) < 30 or header[:4] != b"PK\x03\x04":
@@ -302,12 +321,13 @@ def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> 
                                         "may have: refused without reading it")
     try:
         with archive.open(info) as stream:
-            data = stream.read(MAX_PICKLE_BYTES + 1)
+            data = stream.read(info.file_size + 1)  # the size is checked above
     except zipfile.BadZipFile as error:
         what = "fails its CRC-32 check" if "CRC" in str(error) else f"is corrupt ({error})"
         raise CheckpointReadError(path, f"is corrupt: its {info.filename} entry {what} (the "
                                         "file changed after it was written)") from None
-    except (OSError, EOFError, ValueError, NotImplementedError, zipfile.LargeZipFile) as error:
+    except (OSError, EOFError, ValueError, RuntimeError, NotImplementedError,
+            zipfile.LargeZipFile) as error:  # RuntimeError: an entry flagged as encrypted
         raise CheckpointReadError(path, f"is corrupt: its {info.filename} entry cannot be read "
                                         f"({str(error)[:120]})") from None
     if len(data) != info.file_size:
@@ -319,38 +339,24 @@ def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> 
 
 # -- legacy (non-zip) files --------------------------------------------------------------
 
-class _Bounded(io.RawIOBase):
-    """A stream that never hands out (or asks the file for) more than what is left of it."""
-
-    def __init__(self, handle: BinaryIO, size: int) -> None:
-        self.handle, self.left = handle, size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer)[: self.left]
-        count = self.handle.readinto(view)  # type: ignore[attr-defined]
-        self.left -= count or 0
-        return count or 0
-
-
 def _scan_legacy(handle: BinaryIO, path: Path) -> Scanned:
     """Legacy ``torch.save`` (``_use_new_zipfile_serialization=False``): magic number,
-    protocol, system info, then the container pickle and the storage keys."""
+    protocol, system info, then the container pickle and the storage keys. The pickles are
+    read into memory (growing up to ``MAX_PICKLE_BYTES``) and bounds-checked one by one
+    before each is unpickled; the storages' raw bytes after them are not read."""
     size = handle.seek(0, io.SEEK_END)
     handle.seek(0)
     head = handle.read(2)
     if not head.startswith(b"\x80") or head[1:2] not in (b"\x02", b"\x03", b"\x04", b"\x05"):
         raise not_a_checkpoint(path)
-    handle.seek(0)
-    stream = io.BufferedReader(_Bounded(handle, size))
+    parts = _legacy_pickles(handle, size, path)
     stand_ins = _StandIns(path)
-    if _legacy_part(stream, path, stand_ins) != _LEGACY_MAGIC:
+    if _legacy_part(parts[0], path, stand_ins) != _LEGACY_MAGIC:
         raise not_a_checkpoint(path, "its first pickle is not torch's legacy magic number")
-    for _ in range(2):  # protocol version, system info
-        _legacy_part(stream, path, stand_ins)
-    scanner = _Scanner(stream, stand_ins)
+    for part in parts[1:3]:  # protocol version, system info
+        _legacy_part(part, path, stand_ins)
+    check_opcodes(parts[3], path)
+    scanner = _Scanner(io.BytesIO(parts[3]), stand_ins)
     root = _load(scanner, path)
     check_structure(root, path, _children)
     declared = sum(record.nbytes or 0 for record in scanner.storages)
@@ -360,8 +366,38 @@ def _scan_legacy(handle: BinaryIO, path: Path) -> Scanned:
     return Scanned(root, scanner.locations, storages=tuple(scanner.storages))
 
 
-def _legacy_part(stream: Any, path: Path, stand_ins: _StandIns) -> Any:
-    scanner = _Scanner(stream, stand_ins)
+def _legacy_pickles(handle: BinaryIO, size: int, path: Path) -> list[bytes]:
+    """The first four pickles of a legacy file, found by their opcodes (nothing built)."""
+    limit = min(size, MAX_PICKLE_BYTES)
+    length = min(limit, 1 << 20)
+    while True:
+        handle.seek(0)
+        data = handle.read(length)
+        stream = io.BytesIO(data)
+        ends: list[int] = []
+        try:
+            while len(ends) < 4:
+                ends.append(_pickle_end(stream))
+        except ValueError as error:
+            if length < limit:
+                length = min(limit, length * 4)
+                continue
+            why = "its header pickles cannot be read" if len(ends) < 3 else (
+                f"its container pickle is malformed or truncated ({str(error)[:100]})")
+            raise not_a_checkpoint(path, why) from None
+        starts = [0, *ends[:-1]]
+        return [data[start:end] for start, end in zip(starts, ends, strict=True)]
+
+
+def _pickle_end(stream: io.BytesIO) -> int:
+    for _ in pickletools.genops(stream):
+        pass
+    return stream.tell()
+
+
+def _legacy_part(data: bytes, path: Path, stand_ins: _StandIns) -> Any:
+    check_opcodes(data, path)
+    scanner = _Scanner(io.BytesIO(data), stand_ins)
     try:
         return scanner.load()
     except Exception:
@@ -382,23 +418,37 @@ def not_a_checkpoint(path: Path, why: str = "") -> CheckpointReadError:
 MAX_PLACES = 1000  # refused globals listed at most
 
 
-def _walk(value: Any, path: str, inside: bool = False) -> Iterator[tuple[str, str]]:
-    stack: list[tuple[Any, str, bool]] = [(value, path, inside)]
+def _walk(root: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(place, global) of every refused global under ``root``, at most ``MAX_PLACES``; one
+    iterator per level, so memory follows the depth (bounded by the scan), not the breadth."""
+    stack = [iter([(root, path, False)])]
     found = 0
     while stack and found < MAX_PLACES:
-        value, path, inside = stack.pop()
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        value, place, inside = item
         if isinstance(value, Stub):
-            for place in _refused(value, path):
+            for refusal in _refused(value, place):
                 found += 1
-                yield place
+                yield refusal
             # what it was built from sits at the same place (a numpy scalar's dtype)
-            stack += [(value.items, path, False), (value.state, path, True),
-                      (value.args, path, True)]
-        elif isinstance(value, dict):
-            stack += [(item, f"{path}[{key!r}]", False) for key, item in value.items()]
-        elif isinstance(value, (list, tuple)):
-            stack += [(item, path if inside else f"{path}[{index}]", False)
-                      for index, item in enumerate(value)]
+            parts = [(value.args, place, True), (value.state, place, True),
+                     (value._items or {}, place, False)]
+            stack.append(iter(parts))
+        elif isinstance(value, (dict, list, tuple)):
+            stack.append(_entries(value, place, inside))
+
+
+def _entries(value: Any, place: str, inside: bool) -> Iterator[tuple[Any, str, bool]]:
+    """A container's entries and their places (a stub's argument tuple shares its place)."""
+    if isinstance(value, dict):
+        for key, entry in value.items():
+            yield entry, f"{place}[{key!r}]", False
+        return
+    for index, entry in enumerate(value):
+        yield entry, place if inside else f"{place}[{index}]", False
 
 
 def _refused(stub: Stub, path: str) -> Iterator[tuple[str, str]]:

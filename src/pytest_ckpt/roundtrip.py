@@ -130,12 +130,14 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
                    expected_outputs: dict[str, torch.Tensor] | None) -> FormatOutcome:
     fmt = get_format(name)
     try:
-        fmt.save(source, path)
+        _save(fmt, source, path)
         releasable = fmt.memory_mapped and settle(path)  # only a large, flushed file's pages
         loaded = fmt.load(path)
     except CheckpointReadError as error:  # a refusal, or a format's own failure (a DCP rank)
         if error.unsafe:
-            return FormatOutcome(name, path, (Finding("unsafe_pickle", (), error.reason),))
+            from pytest_ckpt.formats.torch_zip import unsafe_finding
+
+            return FormatOutcome(name, path, (unsafe_finding(error),))
         return FormatOutcome(name, path, error=error.reason)
     saved = Manifest.from_state_dict(loaded)
     source_state = source.state_dict()
@@ -152,6 +154,18 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
         findings += _output_findings(expected_outputs,
                                      model_outputs(target, inputs, "the target"))
     return FormatOutcome(name, path, tuple(sort_findings(findings)))
+
+
+def _save(fmt: Any, source: torch.nn.Module, path: Path) -> None:
+    """The format's save; whatever it raises is the round-trip's error for that format."""
+    try:
+        fmt.save(source, path)
+    except (CheckpointReadError, CkptUsageError):
+        raise
+    except Exception as error:  # the format's library refused the model's state
+        raise CheckpointReadError(path, f"could not be saved in the {fmt.name} format "
+                                        f"({type(error).__name__}: {first_line(error)})"
+                                  ) from None
 
 
 META_NOTE = ("built on the meta device: keys, shapes, dtypes, tie groups and the "

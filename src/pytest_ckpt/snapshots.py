@@ -67,7 +67,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     :class:`SnapshotWriteError` naming ``path``."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.",
+        # the name fits the file system whatever the target's (syrupy allows 255 bytes)
+        stem = path.name.encode("utf-8")[:TMP_STEM].decode("utf-8", "ignore")
+        handle, temporary = tempfile.mkstemp(prefix=f".{stem}.{os.getpid()}.",
                                              suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as error:
         raise SnapshotWriteError(path, error) from None
@@ -86,6 +88,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 TMP_SUFFIX = ".tmp"
+TMP_STEM = 200  # bytes of the target's name a temporary file keeps
 _TMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
 _OLD_TMP_AGE = 3600  # seconds; leftovers named without a process id (before 0.1.1)
 

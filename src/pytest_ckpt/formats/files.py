@@ -44,14 +44,23 @@ def require_regular(path: Path) -> int:
         return os.fstat(handle.fileno()).st_size
 
 
+CHUNK = 1 << 20
+
+
 def read_bounded(path: Path, limit: int, what: str = "file") -> bytes:
-    """The whole of a regular file of at most ``limit`` bytes."""
+    """The whole of a regular file of at most ``limit`` bytes, read in chunks (a buffered
+    ``read(limit)`` would reserve ``limit`` bytes up front, whatever the file holds)."""
+    chunks: list[bytes] = []
+    held = 0
     with open_regular(path) as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise CheckpointReadError(path, f"is larger than a {what} can be ({limit:,} bytes): "
-                                        "refused without reading it whole")
-    return data
+        while chunk := handle.read(CHUNK):
+            held += len(chunk)
+            if held > limit:
+                raise CheckpointReadError(path, f"is larger than a {what} can be "
+                                                f"({limit:,} bytes): refused without reading "
+                                                "it whole")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _kind(mode: int) -> str:

@@ -41,7 +41,18 @@ class SafetensorsFormat:
     memory_mapped = False
 
     def save(self, module: torch.nn.Module, path: Path) -> None:
-        """As ``safetensors.torch.save_model``: of each group of tied tensors one key is kept."""
+        """As ``safetensors.torch.save_model``: of each group of tied tensors one key is kept.
+        A tensor safetensors has no dtype for is a :class:`CheckpointReadError` naming it."""
+        from pytest_ckpt.manifest import dtype_name
+
+        stored = set(_DTYPES.values())
+        unsupported = sorted(f"{key} ({dtype_name(value.dtype)})"
+                             for key, value in module.state_dict().items()
+                             if dtype_name(value.dtype) not in stored)
+        if unsupported:
+            raise CheckpointReadError(path, f"cannot be written: safetensors has no dtype for "
+                                            f"{', '.join(unsupported[:4])}", advice=(
+                "fix: round-trip this model with formats=('torch',) only"))
         _safetensors_torch().save_model(module, str(path))
 
     def load(self, path: Path) -> dict[str, Any]:

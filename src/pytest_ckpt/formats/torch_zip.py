@@ -137,7 +137,7 @@ def verify_storages(path: Path, chunk: int = 1 << 20) -> None:
                 raise CheckpointReadError(path, f"is corrupt: its storage {info.filename} "
                                                 "fails its CRC-32 check (the file changed "
                                                 "after it was written)") from None
-            except (OSError, EOFError, ValueError, NotImplementedError) as error:
+            except (OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as error:
                 raise CheckpointReadError(path, f"is corrupt: its storage {info.filename} "
                                                 f"cannot be read ({error})") from None
 
@@ -251,18 +251,25 @@ NEVER_ALLOW = ("builtins.", "__builtin__.", "os.", "posix.", "nt.", "subprocess.
                "functools.", "code.", "pty.", "webbrowser.", "ctypes.", "marshal.", "types.")
 
 
+def unsafe_finding(error: CheckpointReadError) -> Finding:
+    """A weights_only refusal as an ``unsafe_pickle`` finding: the places, and each global."""
+    from pytest_ckpt.findings import Finding
+
+    places = tuple(dict.fromkeys(where for where, _ in error.unsafe))
+    return Finding("unsafe_pickle", places,
+                   "torch.load(weights_only=True) refuses the globals these entries need; "
+                   "nothing from the file was executed",
+                   tuple(f"{where}: {name}" for where, name in error.unsafe))
+
+
 def read_failure(error: CheckpointReadError, *, color: bool = False) -> tuple[str, list[Finding]]:
     """The message for a file that could not be read; a weights_only refusal becomes an
     ``unsafe_pickle`` finding with both fixes."""
-    from pytest_ckpt.findings import Finding, render_failure
+    from pytest_ckpt.findings import render_failure
 
     if not error.unsafe:
         return error.paragraph(), []
-    places = tuple(dict.fromkeys(where for where, _ in error.unsafe))
-    finding = Finding("unsafe_pickle", places,
-                      "torch.load(weights_only=True) refuses the globals these entries need; "
-                      "nothing from the file was executed",
-                      tuple(f"{where}: {name}" for where, name in error.unsafe))
+    finding = unsafe_finding(error)
     names = list(dict.fromkeys(name for _, name in error.unsafe))
     acting = [name for name in names if name.startswith(NEVER_ALLOW)]
     if acting:

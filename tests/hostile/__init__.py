@@ -1,0 +1,1 @@
+"""Hostile checkpoints for security tests: live pickle payloads and files that carry them."""
