@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pytest_ckpt import cli
+from pytest_ckpt.golden import torch_minor
 from tests.hostile.broken import BROKEN, KIND_FORMAT, expected_words
 
 FILE_KINDS = sorted(kind for kind, family in KIND_FORMAT.items() if family != "golden")
@@ -49,7 +50,7 @@ def _made(kind: str, root: Path) -> Path:
 
 def _target(kind: str, made: Path) -> Path:
     """What a user passes for a golden kind: its ``.pt`` (or what is named so)."""
-    return made / "torch-2.13.pt" if KIND_FORMAT[kind] == "golden" else made
+    return made / f"torch-{torch_minor()}.pt" if KIND_FORMAT[kind] == "golden" else made
 
 
 @pytest.mark.parametrize("command", ["show", "diff"])

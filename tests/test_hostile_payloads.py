@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from pytest_ckpt import cli
+from pytest_ckpt.golden import torch_minor
 from tests.conftest import lines
 from tests.hostile.payloads import (
     DCP_CANARY_WRITERS,
@@ -40,6 +41,7 @@ from tests.hostile.payloads import (
 )
 
 KINDS = sorted(PAYLOAD_KINDS)
+CURRENT = f"torch-{torch_minor()}"  # the golden an update of this torch writes
 FILE_CONTAINERS = ("torch_zip", "legacy", "bare_pickle", "dcp_metadata")
 ENTRY_POINTS = ("show", "diff", "assert_manifest", "assert_loads", "assert_schema",
                 "assert_resumes")
@@ -236,7 +238,8 @@ def test_goldens_carrying_payloads_run_nothing(project, tmp_path):
             golden_with_payload(project.path / "__goldens__" / "test_g" /
                                 f"test_golden[{kind}-{sidecar}]",
                                 PAYLOAD_KINDS[kind](str(canary_path(canaries, kind))),
-                                forge_sidecar=sidecar == "forged", test="test_g.py")
+                                forge_sidecar=sidecar == "forged", test="test_g.py",
+                                label=CURRENT)
     project.makepyfile(test_g=GOLDEN_TEST.format(kinds=KINDS))
     project.makeconftest(GOLDEN_CONFTEST)
     for options in ((), ("--ckpt-snapshot-update",)):
@@ -249,14 +252,14 @@ def test_goldens_carrying_payloads_run_nothing(project, tmp_path):
             checks = json.loads((project.path / "r.json").read_text())["checks"]
             assert {check["outcome"] for check in checks} == {"failed"}
     first = "test_golden[reduce_os_system-honest]"
-    assert (project.path / "__goldens__" / "test_g" / first / "torch-2.13.pt").is_file()
+    assert (project.path / "__goldens__" / "test_g" / first / f"{CURRENT}.pt").is_file()
 
 
 def test_a_golden_with_a_payload_fails_with_its_unsafe_pickle_finding(project, tmp_path):
     canary = canary_path(tmp_path, "golden")
     golden = golden_with_payload(project.path / "__goldens__" / "test_g" / "test_golden",
                                  PAYLOAD_KINDS["reduce_os_system"](str(canary)),
-                                 forge_sidecar=False)
+                                 forge_sidecar=False, label=CURRENT)
     project.makepyfile(test_g='''
         import torch
 
@@ -266,13 +269,14 @@ def test_a_golden_with_a_payload_fails_with_its_unsafe_pickle_finding(project, t
     result = project.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(lines(
-        f"golden checkpoint torch-2.13 (__goldens__/test_g/test_golden/torch-2.13.pt) cannot "
+        f"golden checkpoint {CURRENT} (__goldens__/test_g/test_golden/{CURRENT}.pt) cannot "
         f"be read: checkpoint {golden} was refused by torch.load(weights_only=True); nothing "
         "from it was executed. *",
         "  [unsafe_pickle] 1 entry: *",
         "      ['x']: os.system",
-        "fix: restore torch-2.13.pt and torch-2.13.json from version control, or rewrite both "
-        "under torch 2.13 with: pytest --ckpt-snapshot-update 'test_g.py::test_golden'"))
+        f"fix: restore {CURRENT}.pt and {CURRENT}.json from version control, or rewrite both "
+        f"under {CURRENT.replace('-', ' ')} with: pytest --ckpt-snapshot-update "
+        "'test_g.py::test_golden'"))
     assert not canary.exists()
 
 

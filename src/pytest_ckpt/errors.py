@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 # torch's own advice on a refusal; never repeated: it would run whatever the file carries
-_UNSAFE_ADVICE = ("weights_only=False", "weights_only` to `False", "weights_only to False")
+_UNSAFE_ADVICE = re.compile(r"weights_only\W*(=|to|set to)\W*False", re.IGNORECASE)
 
 READ_FIX = ("fix: re-create the checkpoint from trusted code (torch.save, or safetensors' "
             "save_file), or download it again; check that the path names the checkpoint")
@@ -24,8 +25,7 @@ def without_unsafe_advice(text: str) -> str:
     ``weights_only=False``."""
     kept = []
     for line in text.splitlines():
-        sentences = [part for part in line.split(". ")
-                     if not any(advice in part for advice in _UNSAFE_ADVICE)]
+        sentences = [part for part in line.split(". ") if not _UNSAFE_ADVICE.search(part)]
         if sentences:
             kept.append(". ".join(sentences))
     return "\n".join(kept)

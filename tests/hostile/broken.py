@@ -792,13 +792,18 @@ def _st_empty_header_trailing_data(path: Path) -> Path:
 # -- torch.distributed.checkpoint directories -----------------------------------------------
 
 def _dcp_save(path: Path) -> Path:
-    """A real one-process DCP checkpoint of ``{"w": zeros(3, 2), "b": ones(4), "step": 7}``."""
+    """A real one-process DCP checkpoint of ``{"w": zeros(3, 2), "b": ones(4), "step": 7}``
+    (``dcp.save``, or ``save_state_dict`` on torch < 2.2)."""
     import torch.distributed.checkpoint as dcp
 
     path.mkdir(parents=True, exist_ok=True)
+    state = {"w": torch.zeros(3, 2), "b": torch.ones(4), "step": 7}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save({"w": torch.zeros(3, 2), "b": torch.ones(4), "step": 7}, checkpoint_id=str(path))
+        if hasattr(dcp, "save"):
+            dcp.save(state, checkpoint_id=str(path))
+        else:
+            dcp.save_state_dict(state, dcp.FileSystemWriter(str(path)), no_dist=True)
     return path
 
 

@@ -181,6 +181,12 @@ def _unpickler_line(error: Exception) -> str:
     return without_unsafe_advice(cause[0]) if cause else first_line(error, 400)
 
 
+def _names_a_global(cause: str) -> bool:
+    """Whether torch's refusal is about a class or function it will not build (and not about
+    the bytes being damaged)."""
+    return any(word in cause.lower() for word in ("unsupported", "global", "class", "allowed"))
+
+
 def _unsafe_by_torch(path: Path, data: bytes | None) -> set[str]:
     """torch's own list of the globals a zip checkpoint needs (torch >= 2.5), if it has one."""
     import torch
@@ -220,6 +226,9 @@ def _refusal(path: Path, error: Exception, safe_globals: Sequence[Any],
     placed = {name for _, name in found}
     found += [("<somewhere in the container>", name)
               for name in sorted(_unsafe_by_torch(path, data) - allowed - placed)]
+    if not found and not _names_a_global(_unpickler_line(error)):
+        # torch 2.1 reports a damaged file as a weights_only failure too
+        return CheckpointReadError(path, f"is corrupt or truncated ({_unpickler_line(error)})")
     if not found:
         return CheckpointReadError(
             path, f"was refused by torch.load(weights_only=True): {_unpickler_line(error)}. "
