@@ -11,8 +11,8 @@ import statistics
 import time
 from collections.abc import Callable
 
-from pytest_ckpt.diagnose import diagnose
-from pytest_ckpt.manifest import PARAM, Manifest, ManifestRow
+from pytest_ckpt.checkpoint.manifest import PARAM, Manifest, ManifestRow
+from pytest_ckpt.diagnosis.engine import diagnose
 
 LEAVES = ("q.weight", "k.weight", "v.weight", "o.weight", "norm.weight", "norm.bias",
           "mlp.up.weight", "mlp.down.weight", "mlp.gate.weight", "scale")

@@ -40,11 +40,11 @@ def child(config_name: str, repeat: int) -> dict[str, Any]:
     import_s, torch_rss = time.perf_counter() - start, status_mib("VmHWM")
     sys.path.insert(0, str(ROOT))
     from example_models.llama import Llama, LlamaConfig
-    from pytest_ckpt import diagnose as engine
-    from pytest_ckpt.manifest import Manifest
+    from pytest_ckpt.checkpoint.manifest import Manifest
+    from pytest_ckpt.diagnosis import engine
 
     try:  # the facts-aware engine; older trees have diff_manifests(reference, current)
-        from pytest_ckpt.facts import ModelFacts
+        from pytest_ckpt.checkpoint.facts import ModelFacts
 
         def diff(parsed: Any, manifest: Any) -> list[Any]:
             facts = ModelFacts.from_module(model)

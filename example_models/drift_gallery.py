@@ -11,10 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pytest_ckpt.diagnose import diagnose
-from pytest_ckpt.facts import ModelFacts
-from pytest_ckpt.findings import render_finding
-from pytest_ckpt.manifest import Manifest
+from pytest_ckpt.checkpoint.facts import ModelFacts
+from pytest_ckpt.checkpoint.manifest import Manifest
+from pytest_ckpt.diagnosis.engine import diagnose
+from pytest_ckpt.diagnosis.findings import render_finding
 
 State = dict[str, torch.Tensor]
 

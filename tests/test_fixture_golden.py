@@ -8,7 +8,7 @@ import shutil
 
 import torch
 
-from pytest_ckpt.golden import torch_minor
+from pytest_ckpt.record.goldens import torch_minor
 from tests.conftest import lines
 
 CURRENT = f"torch-{torch_minor()}"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pytest_ckpt import cli
-from pytest_ckpt.golden import torch_minor
+from pytest_ckpt.record.goldens import torch_minor
 from tests.hostile.broken import BROKEN, KIND_FORMAT, expected_words
 
 FILE_KINDS = sorted(kind for kind, family in KIND_FORMAT.items() if family != "golden")

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from pytest_ckpt import cli
-from pytest_ckpt.golden import torch_minor
+from pytest_ckpt.record.goldens import torch_minor
 from tests.conftest import lines
 from tests.hostile.payloads import (
     DCP_CANARY_WRITERS,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_ckpt.golden import torch_minor
+from pytest_ckpt.record.goldens import torch_minor
 
 CURRENT = f"torch-{torch_minor()}"
 GOLDENS = Path("__goldens__/test_a/test_golden")
@@ -30,11 +30,11 @@ def test_golden(ckpt):
 KILLING_CONFTEST = '''
 import os
 
-import pytest_ckpt.golden
-import pytest_ckpt.snapshots
+import pytest_ckpt.record.goldens
+import pytest_ckpt.record.snapshots
 
 WHERE = os.environ.get("CKPT_TEST_KILL")
-real_write = pytest_ckpt.snapshots.atomic_write_bytes
+real_write = pytest_ckpt.record.snapshots.atomic_write_bytes
 
 
 def dying_write(path, data):
@@ -43,7 +43,7 @@ def dying_write(path, data):
     return real_write(path, data)
 
 
-pytest_ckpt.golden.atomic_write_bytes = dying_write
+pytest_ckpt.record.goldens.atomic_write_bytes = dying_write
 if WHERE == "temporary":
     os.fsync = lambda descriptor: os._exit(3)  # mid-write: the temporary file stays behind
 '''

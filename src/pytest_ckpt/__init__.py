@@ -11,20 +11,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pytest_ckpt.checkpoint.facts import ModelFacts
+    from pytest_ckpt.checkpoint.keys import fold_keys
+    from pytest_ckpt.checkpoint.manifest import Manifest, ManifestRow
+    from pytest_ckpt.diagnosis.findings import Finding, render_failure
     from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
-    from pytest_ckpt.facts import ModelFacts
-    from pytest_ckpt.findings import Finding, fold_keys, render_failure
-    from pytest_ckpt.manifest import Manifest, ManifestRow
 
 _PUBLIC = {
     "CheckpointReadError": "pytest_ckpt.errors",
     "CkptUsageError": "pytest_ckpt.errors",
-    "Finding": "pytest_ckpt.findings",
-    "Manifest": "pytest_ckpt.manifest",
-    "ManifestRow": "pytest_ckpt.manifest",
-    "ModelFacts": "pytest_ckpt.facts",
-    "fold_keys": "pytest_ckpt.findings",
-    "render_failure": "pytest_ckpt.findings",
+    "Finding": "pytest_ckpt.diagnosis.findings",
+    "Manifest": "pytest_ckpt.checkpoint.manifest",
+    "ManifestRow": "pytest_ckpt.checkpoint.manifest",
+    "ModelFacts": "pytest_ckpt.checkpoint.facts",
+    "fold_keys": "pytest_ckpt.checkpoint.keys",
+    "render_failure": "pytest_ckpt.diagnosis.findings",
 }
 __all__ = [
     "CheckpointReadError",

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_ckpt.checkpoint.facts import ModelFacts
+from pytest_ckpt.checkpoint.manifest import Manifest
 from pytest_ckpt.errors import CheckpointReadError
-from pytest_ckpt.facts import ModelFacts
-from pytest_ckpt.manifest import Manifest
-from pytest_ckpt.report import ReportError
+from pytest_ckpt.record.report import ReportError
 
 EXIT_OK, EXIT_INCOMPATIBLE, EXIT_USAGE = 0, 1, 2
 HEADER_ONLY = "header read; tensor data not read or CRC-checked"
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _matrix(paths: list[Path]) -> int:
     """Print the table; exit 1 when a check failed in a test not marked xfail."""
-    from pytest_ckpt.report import failed_checks, read_report, render_matrix
+    from pytest_ckpt.record.report import failed_checks, read_report, render_matrix
 
     reports = [read_report(path) for path in paths]
     print(render_matrix(reports), end="")
@@ -129,7 +129,7 @@ def _layout_of(path: Path, format_name: str) -> dict[str, Any]:
     if format_name == "dcp":
         return {"layout": "torch.distributed.checkpoint directory (read from .metadata)",
                 "weights_entry": None, "others": {}}
-    from pytest_ckpt.container import container_layout
+    from pytest_ckpt.checkpoint.container import container_layout
     from pytest_ckpt.formats.torch_header import is_record, read_container
 
     container = read_container(path)
@@ -150,8 +150,8 @@ def _row_json(row: Any) -> dict[str, Any]:
 
 
 def _diff(a: str, b: str, *, as_json: bool) -> int:
-    from pytest_ckpt.diagnose import diagnose
-    from pytest_ckpt.findings import render_failure
+    from pytest_ckpt.diagnosis.engine import diagnose
+    from pytest_ckpt.diagnosis.findings import render_failure
 
     reference, current = _side(a), _side(b)
     findings = diagnose(reference.manifest, current.manifest, facts=current.facts,

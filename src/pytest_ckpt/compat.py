@@ -40,7 +40,7 @@ def accept_any_weight_norm(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _rewrite(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str) -> None:
-    from pytest_ckpt.weight_norm import map_state_dict
+    from pytest_ckpt.checkpoint.weight_norm import map_state_dict
 
     keys = [key for key in state_dict if key.startswith(prefix)]
     own = {key[len(prefix):]: state_dict[key] for key in keys}

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from pytest_ckpt.checks import CheckpointChecks, CkptSessionState
+    from pytest_ckpt.checks.context import CkptSessionState
+    from pytest_ckpt.checks.fixture import CheckpointChecks
 
 _STATE = pytest.StashKey["CkptSessionState"]()
 _CHECKS = pytest.StashKey["CheckpointChecks"]()
@@ -76,7 +77,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     users = [item for item in items if _uses_ckpt(item)]
     if not users:
         return
-    from pytest_ckpt.snapshots import default_snapshot_location
+    from pytest_ckpt.record.snapshots import default_snapshot_location
 
     by_location: dict[Any, list[str]] = {}
     for item in users:
@@ -97,7 +98,7 @@ def _marked(item: pytest.Item) -> pytest.Mark | None:
 
 def _session_state(config: pytest.Config) -> CkptSessionState:
     if _STATE not in config.stash:
-        from pytest_ckpt.checks import CkptSessionState
+        from pytest_ckpt.checks.context import CkptSessionState
 
         config.stash[_STATE] = CkptSessionState(
             update=bool(config.option.ckpt_snapshot_update),
@@ -126,7 +127,7 @@ def _share_cores_between_workers(config: pytest.Config) -> None:
 @pytest.fixture
 def ckpt(request: pytest.FixtureRequest, snapshot: Any, tmp_path: Any) -> CheckpointChecks:
     """Checkpoint checks for this test: ``roundtrip``, ``assert_manifest``, ``assert_schema``."""
-    from pytest_ckpt.checks import CheckpointChecks
+    from pytest_ckpt.checks.fixture import CheckpointChecks
 
     color = request.config.get_terminal_writer().hasmarkup
     properties = request.node.user_properties
@@ -189,7 +190,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     if marker is None and not enabled:
         return (yield)
     options = _marker_options(item, marker) if marker is not None else {}
-    from pytest_ckpt.guard import StrictLoadGuard
+    from pytest_ckpt.checks.strict_loads import StrictLoadGuard
 
     guard = StrictLoadGuard(_globs(options.get("allow_missing", ())),
                             _globs(options.get("allow_unexpected", ())))
@@ -200,7 +201,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     finally:
         guard.stop()
     if guard.silent_loads:
-        from pytest_ckpt.report import check_entry
+        from pytest_ckpt.record.report import check_entry
 
         findings = [finding for load in guard.silent_loads for finding in load.findings]
         item.user_properties.append((REPORT_PROPERTY, check_entry("strict_loads", findings)))
@@ -253,8 +254,8 @@ class CkptResults:
         import json
         from pathlib import Path
 
-        from pytest_ckpt.report import build_report
-        from pytest_ckpt.snapshots import SnapshotWriteError, atomic_write_text
+        from pytest_ckpt.record.report import build_report
+        from pytest_ckpt.record.snapshots import SnapshotWriteError, atomic_write_text
 
         report = build_report(self.entries)
         try:

@@ -1018,15 +1018,15 @@ def golden_inputs() -> torch.Tensor:
 
 def _golden_name() -> str:
     """``torch-2.13`` on torch 2.13: the file stem of this torch's golden."""
-    from pytest_ckpt.golden import torch_minor
+    from pytest_ckpt.record.goldens import torch_minor
 
     return f"torch-{torch_minor()}"
 
 
 def _golden_pair(seed: int = 0) -> tuple[bytes, dict[str, Any]]:
     """A golden's bytes and sidecar exactly as pytest-ckpt writes them."""
-    from pytest_ckpt.golden import serialise
-    from pytest_ckpt.values import flatten_outputs
+    from pytest_ckpt.checkpoint.values import flatten_outputs
+    from pytest_ckpt.record.goldens import serialise
 
     model = golden_model(seed).eval()
     with torch.no_grad():

@@ -650,7 +650,7 @@ def golden_with_payload(golden_dir: Path, payload: bytes, *, forge_sidecar: bool
     import torch
 
     import pytest_ckpt
-    from pytest_ckpt.manifest import Manifest
+    from pytest_ckpt.checkpoint.manifest import Manifest
 
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 2)

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from pytest_ckpt.diagnose import diagnose
-from pytest_ckpt.manifest import Manifest, ManifestRow
+from pytest_ckpt.checkpoint.manifest import Manifest, ManifestRow
+from pytest_ckpt.diagnosis.engine import diagnose
 
 rows = st.lists(st.builds(ManifestRow, key=st.text(max_size=12), dtype=st.just("float32"),
                           shape=st.lists(st.integers(0, 9), max_size=3).map(tuple)),

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_ckpt.diagnose import diagnose
-from pytest_ckpt.facts import ModelFacts
-from pytest_ckpt.findings import Finding
-from pytest_ckpt.manifest import Manifest
+from pytest_ckpt.checkpoint.facts import ModelFacts
+from pytest_ckpt.checkpoint.manifest import Manifest
+from pytest_ckpt.diagnosis.engine import diagnose
+from pytest_ckpt.diagnosis.findings import Finding
 
 
 def findings_for(checkpoint: dict[str, torch.Tensor], model: nn.Module) -> list[Finding]:

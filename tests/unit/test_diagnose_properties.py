@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pytest_ckpt.diagnose import diagnose
-from pytest_ckpt.manifest import PARAM, Manifest, ManifestRow
+from pytest_ckpt.checkpoint.manifest import PARAM, Manifest, ManifestRow
+from pytest_ckpt.diagnosis.engine import diagnose
 
 NAMES = ["encoder", "decoder", "attn", "mlp", "proj", "conv", "block"]
 LEAVES = ["weight", "bias", "scale"]

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_ckpt.findings import Finding, expand_folded, fold_keys, render_failure
+from pytest_ckpt.checkpoint.keys import expand_folded, fold_keys
+from pytest_ckpt.diagnosis.findings import Finding, render_failure
 
 segment = st.one_of(st.sampled_from(["layers", "attn", "q_proj", "weight", "bias", "blocks"]),
                     st.integers(0, 40).map(str))

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from pytest_ckpt.checkpoint.manifest import Manifest
 from pytest_ckpt.errors import CheckpointReadError
 from pytest_ckpt.formats import detect_format, get_format, read_checkpoint_manifest
-from pytest_ckpt.manifest import Manifest
-from pytest_ckpt.snapshots import SnapshotWriteError, atomic_write_text
+from pytest_ckpt.record.snapshots import SnapshotWriteError, atomic_write_text
 
 
 class CreatesAFile:
@@ -185,7 +185,8 @@ def test_safe_globals_allow_exactly_the_named_globals(tmp_path):
 
 
 def test_the_scan_of_a_malicious_pickle_runs_nothing(tmp_path):
-    from pytest_ckpt.pickle_scan import scan, unsafe_globals
+    from pytest_ckpt.formats.pickle_scan import unsafe_globals
+    from pytest_ckpt.formats.torch_file import scan
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pytest_ckpt.diagnose import diagnose
-from pytest_ckpt.findings import render_failure
-from pytest_ckpt.manifest import Manifest
+from pytest_ckpt.checkpoint.manifest import Manifest
+from pytest_ckpt.diagnosis.engine import diagnose
+from pytest_ckpt.diagnosis.findings import render_failure
 
 
 def model() -> nn.Module:

@@ -11,10 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from pytest_ckpt.golden import (
+from pytest_ckpt.checks.golden import check_golden
+from pytest_ckpt.checks.targets import poisoned_copy
+from pytest_ckpt.record.goldens import (
     GoldenFile,
     GoldenTooLarge,
-    check_golden,
     fingerprint_difference,
     fingerprint_of,
     golden_directory,
@@ -24,7 +25,6 @@ from pytest_ckpt.golden import (
     torch_minor,
     write_golden,
 )
-from pytest_ckpt.roundtrip import poisoned_copy
 
 
 def test_goldens_live_beside_the_snapshot_directory_not_in_it():

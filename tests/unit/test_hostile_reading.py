@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from pytest_ckpt.errors import CheckpointReadError
 from pytest_ckpt.formats import load_checkpoint, read_checkpoint_manifest
-from pytest_ckpt.pickle_scan import scan
+from pytest_ckpt.formats.torch_file import scan
 from tests.hostile.payloads import replace_zip_entry
 
 

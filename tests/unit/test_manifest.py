@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from pytest_ckpt.manifest import (
+from pytest_ckpt.checkpoint.manifest import (
     BUFFER,
     KINDS,
     PARAM,

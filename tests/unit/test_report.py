@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_ckpt.findings import Finding
-from pytest_ckpt.report import (
+from pytest_ckpt.diagnosis.findings import Finding
+from pytest_ckpt.record.report import (
     REPORT_SCHEMA,
     ReportError,
     build_report,

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from pytest_ckpt.schema import Schema, diff_schemas
+from pytest_ckpt.checkpoint.schema import Schema
+from pytest_ckpt.diagnosis.schema_diff import diff_schemas
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
                     st.text(max_size=5))

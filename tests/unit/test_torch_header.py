@@ -19,11 +19,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_ckpt.container import container_layout
+from pytest_ckpt.checkpoint.container import container_layout
+from pytest_ckpt.checkpoint.manifest import Manifest
 from pytest_ckpt.errors import CheckpointReadError
 from pytest_ckpt.formats.torch_header import is_record, read_container, read_manifest
 from pytest_ckpt.formats.torch_zip import TorchZipFormat, state_dict_of
-from pytest_ckpt.manifest import Manifest
 
 
 def _savable(dtype: torch.dtype) -> bool:

@@ -1,8 +1,10 @@
-"""One adapter per checkpoint format, behind the small :class:`CheckpointFormat` protocol:
-torch zip (and legacy) files, safetensors files, ``torch.distributed.checkpoint`` directories.
+"""How checkpoints are read and written: one adapter per format behind the small
+:class:`CheckpointFormat` protocol (torch zip and legacy files with their inert header reader
+and pickle scan, safetensors, ``torch.distributed.checkpoint`` directories), bounded file
+access, and page release for memory-mapped loads.
 
-Every torch load uses ``weights_only=True`` and DCP metadata is read by an unpickler that admits
-only DCP's own types: nothing from a pickle is ever executed.
+It uses ``diagnosis`` and ``checkpoint`` below it. Every torch load uses ``weights_only=True``
+after the scan's bounds; nothing from a pickle is ever executed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pytest_ckpt.errors import CheckpointReadError
 if TYPE_CHECKING:
     import torch
 
-    from pytest_ckpt.manifest import Manifest
+    from pytest_ckpt.checkpoint.manifest import Manifest
 
 
 class CheckpointFormat(Protocol):
@@ -65,7 +67,7 @@ def detect_format(path: Path) -> CheckpointFormat:
     """Pick the adapter from the file's first bytes (or a DCP directory's ``.metadata``),
     not its name; anything else is a :class:`CheckpointReadError` naming the path."""
     from pytest_ckpt.formats.files import open_regular
-    from pytest_ckpt.pickle_scan import not_a_checkpoint
+    from pytest_ckpt.formats.torch_file import not_a_checkpoint
 
     if path.is_dir():
         from pytest_ckpt.formats.dcp import METADATA
@@ -100,9 +102,9 @@ def file_notes(path: Path) -> list[str]:
     the pickle, nothing executed."""
     import zipfile
 
-    from pytest_ckpt.findings import fold_keys
+    from pytest_ckpt.checkpoint.keys import fold_keys
+    from pytest_ckpt.formats.torch_file import storage_locations
     from pytest_ckpt.formats.torch_header import read_state
-    from pytest_ckpt.pickle_scan import storage_locations
 
     if detect_format(path).name != "torch":
         return []

@@ -17,15 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
+from pytest_ckpt.checkpoint.manifest import Manifest, ManifestRow, dtype_name
 from pytest_ckpt.errors import CheckpointReadError
 from pytest_ckpt.formats.dcp_metadata import METADATA as METADATA
 from pytest_ckpt.formats.dcp_metadata import index_of, read_metadata, storage_slice
-from pytest_ckpt.manifest import Manifest, ManifestRow, dtype_name
 
 if TYPE_CHECKING:
     import torch
 
-    from pytest_ckpt.findings import Finding
+    from pytest_ckpt.diagnosis.findings import Finding
 
 def is_dcp_directory(path: Path) -> bool:
     return path.is_dir() and (path / METADATA).is_file()
@@ -179,7 +179,7 @@ def dcp_load_findings(model: torch.nn.Module, checkpoint: Manifest) -> list[Find
     skip keys the model lacks, and never run the model's ``load_state_dict`` pre-hooks (so
     keys such a hook would convert, e.g. legacy weight_norm ``weight_g/weight_v``, stay
     unloaded)."""
-    from pytest_ckpt.findings import Finding
+    from pytest_ckpt.diagnosis.findings import Finding
 
     expected = set(model.state_dict())
     findings = []

@@ -61,7 +61,7 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def read_metadata(path: Path) -> Any:
     """The validated ``Metadata`` of a DCP directory; nothing from the pickle is run."""
-    from pytest_ckpt.pickle_bounds import check_opcodes
+    from pytest_ckpt.formats.pickle_bounds import check_opcodes
 
     source = path / METADATA
     data = read_bounded(source, MAX_METADATA_BYTES, "DCP .metadata file")

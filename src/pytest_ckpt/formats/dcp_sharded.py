@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
+from pytest_ckpt.checkpoint.manifest import Manifest
 from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
-from pytest_ckpt.manifest import Manifest
 
 if TYPE_CHECKING:
     import torch
@@ -176,7 +176,7 @@ def _gather(value: Any, mesh: Any, rank: int) -> Any:
 
 
 def _poisoned(tensor: torch.Tensor) -> torch.Tensor:
-    from pytest_ckpt.values import poison_
+    from pytest_ckpt.checkpoint.values import poison_
 
     fresh = tensor.clone()
     poison_(fresh)

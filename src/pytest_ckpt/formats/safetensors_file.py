@@ -9,9 +9,9 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
+from pytest_ckpt.checkpoint.manifest import Manifest, ManifestRow
 from pytest_ckpt.errors import CheckpointReadError, first_line
 from pytest_ckpt.formats.files import open_regular
-from pytest_ckpt.manifest import Manifest, ManifestRow
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +43,7 @@ class SafetensorsFormat:
     def save(self, module: torch.nn.Module, path: Path) -> None:
         """As ``safetensors.torch.save_model``: of each group of tied tensors one key is kept.
         A tensor safetensors has no dtype for is a :class:`CheckpointReadError` naming it."""
-        from pytest_ckpt.manifest import dtype_name
+        from pytest_ckpt.checkpoint.manifest import dtype_name
 
         stored = set(_DTYPES.values())
         unsupported = sorted(f"{key} ({dtype_name(value.dtype)})"

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_ckpt.container import container_layout
+from pytest_ckpt.checkpoint.container import container_layout
+from pytest_ckpt.checkpoint.manifest import TENSOR, Manifest, ManifestRow
 from pytest_ckpt.errors import CheckpointReadError
-from pytest_ckpt.manifest import TENSOR, Manifest, ManifestRow
-from pytest_ckpt.pickle_scan import StandInDict, StorageRecord, Stub, scan
+from pytest_ckpt.formats.pickle_scan import StandInDict, StorageRecord, Stub
+from pytest_ckpt.formats.torch_file import scan
 
 # torch.save names a storage's element type by its legacy class: torch.FloatStorage
 _STORAGE_DTYPES = {

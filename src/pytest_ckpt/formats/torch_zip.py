@@ -11,20 +11,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
-from pytest_ckpt.container import WEIGHT_ENTRIES, container_layout
+from pytest_ckpt.checkpoint.container import WEIGHT_ENTRIES, container_layout
+from pytest_ckpt.checkpoint.manifest import Manifest
 from pytest_ckpt.errors import (
     CheckpointReadError,
     CkptUsageError,
     first_line,
     without_unsafe_advice,
 )
-from pytest_ckpt.manifest import Manifest
 
 if TYPE_CHECKING:
     import torch
 
-    from pytest_ckpt.findings import Finding
-    from pytest_ckpt.pickle_scan import Scanned
+    from pytest_ckpt.diagnosis.findings import Finding
+    from pytest_ckpt.formats.pickle_scan import Scanned
 
 
 @final
@@ -61,7 +61,7 @@ def load_weights_only(path: Path, safe_globals: Sequence[Any] = (), *,
     :func:`admit`); with ``verify_data`` every storage's CRC-32 is checked too. A refusal or a
     damaged file is a :class:`CheckpointReadError` naming the file (and each global the
     refusal is about); nothing else escapes."""
-    from pytest_ckpt.pickle_scan import scan
+    from pytest_ckpt.formats.torch_file import scan
 
     scanned = admit(scan(path), path)
     if verify_data and scanned.prefix is not None:
@@ -71,7 +71,7 @@ def load_weights_only(path: Path, safe_globals: Sequence[Any] = (), *,
 
 def load_bytes_weights_only(data: bytes, source: Path) -> Any:
     """:func:`load_weights_only` of a checkpoint held in memory (a DCP slice)."""
-    from pytest_ckpt.pickle_scan import scan_stream
+    from pytest_ckpt.formats.torch_file import scan_stream
 
     scanned = admit(scan_stream(io.BytesIO(data), source), source)
     return torch_load(source, (), mmap=False, scanned=scanned, data=data)
@@ -102,7 +102,7 @@ def torch_load(path: Path, safe_globals: Sequence[Any], *, mmap: bool,
 
 def admit(scanned: Scanned, path: Path) -> Scanned:
     """What every torch file passes before ``torch.load`` reads it (``scanned`` is its
-    :func:`~pytest_ckpt.pickle_scan.scan`, which checked that it is a regular file; a zip
+    :func:`~pytest_ckpt.formats.torch_file.scan`, which checked that it is a regular file; a zip
     whose entries lie inside the file and do not inflate out of proportion, or a legacy file
     whose storages fit in it; a pickle within the opcode and structure bounds): for a zip,
     every storage the pickle names is present with the bytes it says."""
@@ -213,7 +213,8 @@ def _allowed_by_torch() -> set[str]:
 def _refusal(path: Path, error: Exception, safe_globals: Sequence[Any],
              scanned: Scanned | None, data: bytes | None) -> CheckpointReadError:
     """Why weights_only refused the file: each global it needs and where it sits."""
-    from pytest_ckpt.pickle_scan import scan, unsafe_globals
+    from pytest_ckpt.formats.pickle_scan import unsafe_globals
+    from pytest_ckpt.formats.torch_file import scan
 
     allowed = {global_name(value) for value in safe_globals} | _allowed_by_torch()
     if scanned is None and data is None:  # a file this process wrote: scanned only now
@@ -262,7 +263,7 @@ NEVER_ALLOW = ("builtins.", "__builtin__.", "os.", "posix.", "nt.", "subprocess.
 
 def unsafe_finding(error: CheckpointReadError) -> Finding:
     """A weights_only refusal as an ``unsafe_pickle`` finding: the places, and each global."""
-    from pytest_ckpt.findings import Finding
+    from pytest_ckpt.diagnosis.findings import Finding
 
     places = tuple(dict.fromkeys(where for where, _ in error.unsafe))
     return Finding("unsafe_pickle", places,
@@ -274,7 +275,7 @@ def unsafe_finding(error: CheckpointReadError) -> Finding:
 def read_failure(error: CheckpointReadError, *, color: bool = False) -> tuple[str, list[Finding]]:
     """The message for a file that could not be read; a weights_only refusal becomes an
     ``unsafe_pickle`` finding with both fixes."""
-    from pytest_ckpt.findings import render_failure
+    from pytest_ckpt.diagnosis.findings import render_failure
 
     if not error.unsafe:
         return error.paragraph(), []

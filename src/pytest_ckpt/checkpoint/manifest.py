@@ -106,11 +106,11 @@ class Manifest:
     def _layout_notes(self) -> list[str]:
         """``# weight_norm <layout>: <modules>`` lines, derived from the keys (parse skips
         them), so a snapshot shows which implementation each module uses."""
-        from pytest_ckpt.findings import fold_keys
-        from pytest_ckpt.layouts import weight_norm_layouts
+        from pytest_ckpt.checkpoint.keys import fold_keys
+        from pytest_ckpt.checkpoint.layouts import weight_norm_layouts
 
         by_layout: dict[str, list[str]] = {}
-        for (module, name), layout in weight_norm_layouts(self).items():
+        for (module, name), layout in weight_norm_layouts(self.key_set()).items():
             by_layout.setdefault(layout, []).append(f"{module}.{name}" if module else name)
         return [f"# weight_norm {layout}: {', '.join(fold_keys(paths))}"
                 for layout, paths in sorted(by_layout.items())]

@@ -6,47 +6,19 @@ from __future__ import annotations
 
 import re
 
-from pytest_ckpt.diagnose import KeyPool, Rule
-from pytest_ckpt.findings import Finding, fold_keys
-from pytest_ckpt.manifest import Manifest
-
-LEGACY, PARAMETRIZED, REMOVED = "legacy", "parametrized", "removed"
-_WN_KEYS = {LEGACY: "{n}_g/{n}_v", PARAMETRIZED: "parametrizations.{n}.original0/1",
-            REMOVED: "plain {n}"}
-
-
-def module_key(module: str, name: str) -> str:
-    """The state_dict key of parameter ``name`` of module ``module`` (``''`` = root)."""
-    return f"{module}.{name}" if module else name
-
-
-def weight_norm_keys(module: str, name: str, layout: str) -> tuple[str, ...]:
-    """The state_dict keys of one weight-normed parameter in a layout."""
-    if layout == LEGACY:
-        return (module_key(module, f"{name}_g"), module_key(module, f"{name}_v"))
-    if layout == PARAMETRIZED:
-        base = module_key(module, f"parametrizations.{name}")
-        return (f"{base}.original0", f"{base}.original1")
-    return (module_key(module, name),)
-
-
-_PARAMETRIZED_WN = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.original0$")
-
-
-def weight_norm_layouts(manifest: Manifest) -> dict[tuple[str, str], str]:
-    """(module, parameter) -> ``legacy`` or ``parametrized`` for every weight-normed parameter."""
-    layouts: dict[tuple[str, str], str] = {}
-    for key in manifest.key_set():
-        if not (key.endswith("_g") or key.endswith(".original0")):
-            continue
-        match = _PARAMETRIZED_WN.match(key)
-        if match and key[:-1] + "1" in manifest:
-            layouts[(match.group(1) or "", match.group(2))] = PARAMETRIZED
-        elif key.endswith("_g") and key[:-2] + "_v" in manifest:
-            module, _, name = key[:-2].rpartition(".")
-            if module_key(module, f"{name}_orig") not in manifest:
-                layouts[(module, name)] = LEGACY
-    return layouts
+from pytest_ckpt.checkpoint.keys import fold_keys
+from pytest_ckpt.checkpoint.layouts import (
+    LEGACY,
+    PARAMETRIZED,
+    REMOVED,
+    WN_KEYS,
+    module_key,
+    weight_norm_keys,
+    weight_norm_layouts,
+)
+from pytest_ckpt.checkpoint.manifest import Manifest
+from pytest_ckpt.diagnosis.findings import Finding
+from pytest_ckpt.diagnosis.pool import KeyPool
 
 
 def _layout_in(manifest: Manifest, known: dict[tuple[str, str], str],
@@ -57,7 +29,8 @@ def _layout_in(manifest: Manifest, known: dict[tuple[str, str], str],
 
 
 def weight_norm_rule(pool: KeyPool) -> None:
-    reference, current = weight_norm_layouts(pool.reference), weight_norm_layouts(pool.current)
+    reference, current = weight_norm_layouts(pool.reference.key_set()), weight_norm_layouts(
+        pool.current.key_set())
     changes: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for site in sorted(set(reference) | set(current)):
         old, new = _layout_in(pool.reference, reference, site), _layout_in(
@@ -79,8 +52,8 @@ def weight_norm_rule(pool: KeyPool) -> None:
 def _weight_norm_hint(pool: KeyPool, old: str, new: str, sites: list[tuple[str, str]]) -> str:
     name = sites[0][1]
     text = (f"weight_norm layout differs: {pool.name} {old} "
-            f"({_WN_KEYS[old].format(n=name)}) in {len(sites)} modules, model {new} "
-            f"({_WN_KEYS[new].format(n=name)}); ")
+            f"({WN_KEYS[old].format(n=name)}) in {len(sites)} modules, model {new} "
+            f"({WN_KEYS[new].format(n=name)}); ")
     if (old, new) == (LEGACY, PARAMETRIZED) and not pool.facts.from_model:
         return text + ("torch converts legacy -> parametrized only inside "
                        "Module.load_state_dict, through the compat hook that "
@@ -199,7 +172,3 @@ def _is_norm(pool: KeyPool, module: str) -> bool:
     if module in pool.facts.norm_modules:
         return True
     return not pool.facts.norm_modules and bool(_NORM_NAME.search(module.rpartition(".")[2]))
-
-
-LAYOUT_RULES: list[Rule] = [weight_norm_rule, parametrization_rule, mha_packing_rule,
-                            norm_names_rule]

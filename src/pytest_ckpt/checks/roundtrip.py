@@ -1,4 +1,4 @@
-"""The round-trip contract (DESIGN §2), free of pytest.
+"""The round-trip contract (DESIGN §2) and ``ckpt.roundtrip``.
 
 For each format: save -> load with ``weights_only=True`` -> load into a fresh target through
 the user's load path -> keys, shapes, dtypes, then values (bitwise) -> tie groups -> outputs
@@ -8,26 +8,22 @@ on ``inputs`` in eval mode. A target tensor still at its pre-load value is ``not
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_ckpt.diagnose import diagnose
+from pytest_ckpt.checkpoint.facts import ModelFacts
+from pytest_ckpt.checkpoint.manifest import Manifest
+from pytest_ckpt.checks.context import CheckContext
+from pytest_ckpt.checks.outputs import make_inputs, model_outputs, output_findings
+from pytest_ckpt.checks.targets import poisoned_copy, prepare_target, tie_findings, value_findings
+from pytest_ckpt.diagnosis.engine import diagnose
+from pytest_ckpt.diagnosis.findings import Finding, fix_for, render_failure, sort_findings
 from pytest_ckpt.errors import CheckpointReadError, CkptUsageError, first_line
-from pytest_ckpt.facts import ModelFacts
-from pytest_ckpt.findings import Finding, sort_findings
 from pytest_ckpt.formats import get_format
-from pytest_ckpt.manifest import Manifest
-from pytest_ckpt.pages import released_as_loaded, settle
-from pytest_ckpt.values import (
-    Witness,
-    bitwise_equal,
-    flatten_outputs,
-    mismatch_summary,
-    poison_,
-)
+from pytest_ckpt.formats.pages import released_as_loaded, settle
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +68,7 @@ def run_roundtrip(source: torch.nn.Module, make_target: Callable[[], torch.nn.Mo
     ``None`` means a poisoned copy."""
     import torch
 
-    from pytest_ckpt.layout_check import layouts_option, loaders_option
+    from pytest_ckpt.checks.weight_norm_layouts import layouts_option, loaders_option
 
     if not isinstance(source, torch.nn.Module):
         raise CkptUsageError(f"expected a torch.nn.Module to round-trip, got "
@@ -106,7 +102,7 @@ def _layout_outcome(source: torch.nn.Module, make_target: Callable[[], torch.nn.
                     inputs: Any, directory: Path) -> FormatOutcome:
     import torch
 
-    from pytest_ckpt.layout_check import check_layouts
+    from pytest_ckpt.checks.weight_norm_layouts import check_layouts
 
     def fresh() -> torch.nn.Module:
         return make_target() if make_target is not None else poisoned_copy(source)
@@ -149,9 +145,9 @@ def _roundtrip_one(source: torch.nn.Module, target: torch.nn.Module, name: str, 
     del loaded
     findings = _key_findings(saved, target)
     findings += value_findings(source_state, target.state_dict(keep_vars=True), before)
-    findings += _tie_findings(source, target)
+    findings += tie_findings(source, target)
     if expected_outputs is not None:
-        findings += _output_findings(expected_outputs,
+        findings += output_findings(expected_outputs,
                                      model_outputs(target, inputs, "the target"))
     return FormatOutcome(name, path, tuple(sort_findings(findings)))
 
@@ -190,7 +186,7 @@ def _meta_outcome(source: torch.nn.Module, make_target: Callable[[], torch.nn.Mo
     failure = load_through(spec.load or _assign_load, target, state, saved)
     if failure is not None:
         return FormatOutcome("meta", directory, *failure, note=META_NOTE)
-    findings = _key_findings(saved, target) + _tie_findings(source, target)
+    findings = _key_findings(saved, target) + tie_findings(source, target)
     return FormatOutcome("meta", directory, tuple(sort_findings(findings)), note=META_NOTE)
 
 
@@ -229,150 +225,6 @@ def _key_findings(saved: Manifest, target: torch.nn.Module,
                     reference_name=name)
 
 
-def prepare_target(target: torch.nn.Module,
-                   source_state: dict[str, Any]) -> dict[str, Witness]:
-    """Poison target tensors equal to the source (so a load that skips them cannot pass),
-    then take a write witness of every target tensor."""
-    import torch
-
-    state = target.state_dict(keep_vars=True)
-    for key, tensor in state.items():
-        reference = source_state.get(key)
-        if isinstance(tensor, torch.Tensor) and isinstance(reference, torch.Tensor) \
-                and bitwise_equal(tensor, reference):
-            poison_(tensor, avoid=reference)
-    return {key: Witness.of(tensor) for key, tensor in state.items()
-            if isinstance(tensor, torch.Tensor)}
-
-
-def poisoned_copy(source: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy whose saved tensors are fresh storage poisoned to differ from the source
-    in every element (not copies of the values); ties are kept, non-persistent buffers are
-    copied as they are."""
-    import torch
-
-    memo: dict[int, Any] = {}
-    for tensor in source.state_dict(keep_vars=True).values():
-        if not isinstance(tensor, torch.Tensor) or id(tensor) in memo:
-            continue
-        fresh = torch.empty_like(tensor)
-        poison_(fresh, avoid=tensor)
-        if isinstance(tensor, torch.nn.Parameter):
-            fresh = torch.nn.Parameter(fresh, requires_grad=tensor.requires_grad)
-        memo[id(tensor)] = fresh
-    for module in source.modules():  # legacy weight_norm keeps a computed, non-leaf `weight`
-        for value in vars(module).values():
-            if isinstance(value, torch.Tensor) and not value.is_leaf:
-                memo.setdefault(id(value), value.detach().clone())
-    return copy.deepcopy(source, memo)
-
-
-def value_findings(expected: dict[str, Any], actual: dict[str, Any],
-                   before: dict[str, Witness]) -> list[Finding]:
-    """``actual`` is the target's ``state_dict(keep_vars=True)`` after the load (the witnesses
-    know the objects, not copies of them)."""
-    import torch
-
-    not_loaded: list[str] = []
-    wrong: list[str] = []
-    details: list[str] = []
-    for key, value in expected.items():
-        got = actual.get(key)
-        if not isinstance(value, torch.Tensor) or not isinstance(got, torch.Tensor):
-            continue
-        if got.shape != value.shape or got.dtype != value.dtype or bitwise_equal(got, value):
-            continue  # shape and dtype drift are reported from the manifests
-        if key in before and not before[key].changed(got):
-            not_loaded.append(key)
-        else:
-            wrong.append(key)
-            details.append(f"{key}: {mismatch_summary(value, got)}")
-    findings = []
-    if not_loaded:
-        findings.append(Finding(
-            "not_loaded", tuple(not_loaded),
-            "still at the target's initial (poisoned) value after the load: the load path "
-            "never wrote these tensors, whatever keys it reported"))
-    if wrong:
-        findings.append(Finding("value", tuple(wrong),
-                                "loaded value differs bitwise from the saved value",
-                                tuple(details)))
-    return findings
-
-
-def _tie_findings(source: torch.nn.Module, target: torch.nn.Module) -> list[Finding]:
-    before = set(Manifest.from_module(source).tie_groups().values())
-    after = set(Manifest.from_module(target).tie_groups().values())
-    lost = sorted(key for group in before - after for key in group)
-    if not lost:
-        return []
-    return [Finding("tied_weights", tuple(lost),
-                    "tensors that share storage in the saved model no longer share it after "
-                    "the load (a later update to one will not reach the other)")]
-
-
-def make_inputs(inputs: Callable[[], Any] | None) -> Any:
-    import torch
-
-    if inputs is None:
-        return None
-    if not callable(inputs):
-        raise CkptUsageError("inputs= must be a callable returning the model's input "
-                             "(e.g. inputs=lambda: torch.randn(1, 80, 32))")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        try:
-            return inputs()
-        except Exception as error:
-            raise CkptUsageError(f"inputs= raised {type(error).__name__}: {error}") from None
-
-
-def model_outputs(model: torch.nn.Module, inputs: Any,
-                  what: str) -> dict[str, torch.Tensor] | None:
-    import torch
-
-    if inputs is None:
-        return None
-    with _eval_mode(model), torch.no_grad():
-        try:
-            if isinstance(inputs, dict):
-                result = model(**inputs)
-            elif isinstance(inputs, tuple):
-                result = model(*inputs)
-            else:
-                result = model(inputs)
-        except Exception as error:
-            raise CkptUsageError(f"inputs= could not run through {what}: "
-                                 f"{type(error).__name__}: {error}") from None
-    return flatten_outputs(result)
-
-
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _output_findings(expected: dict[str, torch.Tensor],
-                     actual: dict[str, torch.Tensor] | None) -> list[Finding]:
-    actual = actual or {}
-    differ = [name for name, value in expected.items()
-              if name not in actual or not bitwise_equal(value, actual[name])]
-    if not differ:
-        return []
-    details = tuple(f"{name}: {mismatch_summary(expected[name], actual[name])}"
-                    if name in actual else f"{name}: not produced by the target"
-                    for name in differ)
-    return [Finding("output", tuple(differ),
-                    "eval-mode outputs on inputs= differ between the saved and the loaded model",
-                    details)]
-
-
 def formats_option(value: Any) -> tuple[str, ...]:
     """Normalise ``formats=`` ("torch" or a sequence of names)."""
     names: Sequence[Any] = (value,) if isinstance(value, str) else value
@@ -385,3 +237,39 @@ def formats_option(value: Any) -> tuple[str, ...]:
         except ValueError as error:
             raise CkptUsageError(str(error)) from None
     return tuple(names)
+
+
+def roundtrip(context: CheckContext, model: torch.nn.Module, *,
+              factory: Callable[[], torch.nn.Module] | None = None, formats: Any = ("torch",),
+              inputs: Callable[[], Any] | None = None, load: Callable[..., Any] | None = None,
+              snapshot: bool = True, name: str | None = None, weight_norm: Any = "auto",
+              loaders: Any = ("load_state_dict",)) -> list[FormatOutcome]:
+    """Run the round-trip contract; fail with the findings of every failing format, then
+    compare the manifest with its snapshot."""
+    __tracebackhide__ = True
+    from pytest_ckpt.checks.manifests import assert_manifest
+
+    spec = RoundtripSpec(formats=context.usage(formats_option, formats), inputs=inputs,
+                         load=load, weight_norm=weight_norm, loaders=loaders)
+    directory = context.folder("ckpt-roundtrip")
+    outcomes: list[FormatOutcome] = context.usage(
+        lambda: run_roundtrip(model, factory, spec, directory), label="ckpt_roundtrip",
+        check="roundtrip")
+    for outcome in outcomes:
+        context.record(f"roundtrip[{outcome.format}]", outcome.findings, outcome.error,
+                       outcome.note)
+    failed = [outcome for outcome in outcomes if not outcome.ok]
+    if failed:
+        context.fail("\n\n".join(_message(context, model, outcome) for outcome in failed))
+    if snapshot:
+        assert_manifest(context, model, name=name)
+    return outcomes
+
+
+def _message(context: CheckContext, model: torch.nn.Module, outcome: FormatOutcome) -> str:
+    kinds = ", ".join(dict.fromkeys(finding.kind for finding in outcome.findings))
+    headline = outcome.headline or (f"checkpoint round-trip of {type(model).__name__} "
+                                    f"through '{outcome.format}' failed: "
+                                    f"{outcome.error or kinds}")
+    fix = fix_for(list(outcome.findings), context.update_command)
+    return render_failure(headline, outcome.findings, fix, color=context.color)

@@ -9,8 +9,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_ckpt.findings import Finding, render_failure
-from pytest_ckpt.partial import matched
+from pytest_ckpt.checks.loads import matched
+from pytest_ckpt.diagnosis.findings import Finding, render_failure
 
 if TYPE_CHECKING:
     import torch
@@ -70,9 +70,9 @@ class StrictLoadGuard:
         self._original = self._wrapper = None
 
     def _inspect(self, module: torch.nn.Module, state_dict: Any, result: Any) -> None:
-        from pytest_ckpt.diagnose import diagnose
-        from pytest_ckpt.facts import ModelFacts
-        from pytest_ckpt.manifest import Manifest
+        from pytest_ckpt.checkpoint.facts import ModelFacts
+        from pytest_ckpt.checkpoint.manifest import Manifest
+        from pytest_ckpt.diagnosis.engine import diagnose
 
         missing = set(result.missing_keys) - matched(self.allow_missing, result.missing_keys)
         unexpected = set(result.unexpected_keys) - matched(self.allow_unexpected,

@@ -15,10 +15,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_ckpt.checkpoint.layouts import LEGACY, PARAMETRIZED, REMOVED
+from pytest_ckpt.checkpoint.values import bitwise_equal
+from pytest_ckpt.diagnosis.findings import Finding
 from pytest_ckpt.errors import CkptUsageError
-from pytest_ckpt.findings import Finding
-from pytest_ckpt.layouts import LEGACY, PARAMETRIZED, REMOVED
-from pytest_ckpt.values import bitwise_equal
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +40,7 @@ class LayoutLoad:
 def layouts_option(value: Any, source: torch.nn.Module) -> tuple[str, ...]:
     """``"auto"`` (legacy and parametrized when the model is weight-normed), ``False``, or an
     explicit sequence of layouts."""
-    from pytest_ckpt.weight_norm import LAYOUTS, detect
+    from pytest_ckpt.checkpoint.weight_norm import LAYOUTS, detect
 
     if value is False or value is None:
         return ()
@@ -68,7 +68,7 @@ def check_layouts(source: torch.nn.Module, make_target: Callable[[], torch.nn.Mo
                   run: Callable[[torch.nn.Module], dict[str, torch.Tensor] | None],
                   directory: Path) -> list[Finding]:
     """One ``weight_norm_layout`` finding per layout that fails some loader path."""
-    from pytest_ckpt.weight_norm import map_state_dict
+    from pytest_ckpt.checkpoint.weight_norm import map_state_dict
 
     expected_state = source.state_dict()
     expected_outputs = run(source)

@@ -1,4 +1,4 @@
-"""Findings, key folding and rendering: every failure message is built here (pure, no torch).
+"""Findings and their rendering: every failure message is built here (pure, no torch).
 
 A :class:`Finding` names one cause (``kind`` from the design vocabulary), the keys it
 explains and a one-line hint. :func:`render_failure` turns findings into the message users
@@ -8,10 +8,11 @@ read: first line what broke, then one block per finding with keys folded by laye
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from pytest_ckpt.checkpoint.keys import fold_keys
 
 KINDS = (
     "missing", "unexpected", "fsdp_local_shards", "missing_component", "prefix", "rename",
@@ -48,85 +49,6 @@ class Finding:
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda finding: _ORDER[finding.kind])  # stable: rule order
-
-
-# -- folding -----------------------------------------------------------------------------
-
-Segment = str | frozenset[int]
-
-
-def _segment(text: str) -> Segment:
-    if text.isascii() and text.isdigit() and text == str(int(text)):
-        return frozenset({int(text)})
-    return text
-
-
-def fold_keys(keys: Iterable[str]) -> list[str]:
-    """Fold keys that differ only in integer segments: ``layers.{0..11}.attn.weight``.
-
-    Folding is exact: :func:`expand_folded` of the result gives back the input keys.
-    """
-    items = {tuple(_segment(part) for part in key.split(".")) for key in keys}
-    longest = max((len(item) for item in items), default=0)
-    for position in range(longest):
-        items = _fold_position(items, position)
-    return sorted((_render_segments(item) for item in items),
-                  key=lambda text: (_natural_key(text), text))
-
-
-def _fold_position(items: set[tuple[Segment, ...]], position: int) -> set[tuple[Segment, ...]]:
-    groups: dict[tuple[Segment, ...], set[int]] = {}
-    folded: set[tuple[Segment, ...]] = set()
-    for item in items:
-        value = item[position] if position < len(item) else None
-        if isinstance(value, frozenset):
-            skeleton = (*item[:position], "\0", *item[position + 1 :])
-            groups.setdefault(skeleton, set()).update(value)
-        else:
-            folded.add(item)
-    for skeleton, numbers in groups.items():
-        folded.add((*skeleton[:position], frozenset(numbers), *skeleton[position + 1 :]))
-    return folded
-
-
-def _render_segments(item: tuple[Segment, ...]) -> str:
-    return ".".join(part if isinstance(part, str) else render_numbers(part) for part in item)
-
-
-def render_numbers(numbers: frozenset[int]) -> str:
-    ordered = sorted(numbers)
-    if len(ordered) == 1:
-        return str(ordered[0])
-    runs: list[list[int]] = []
-    for number in ordered:
-        if runs and number == runs[-1][-1] + 1:
-            runs[-1].append(number)
-        else:
-            runs.append([number])
-    parts = [f"{run[0]}..{run[-1]}" if len(run) > 2 else ",".join(map(str, run)) for run in runs]
-    return "{" + ",".join(parts) + "}"
-
-
-def expand_folded(pattern: str) -> list[str]:
-    """Inverse of :func:`fold_keys` for one folded line."""
-    results = [""]
-    for token in re.split(r"(\{[0-9.,]+\})", pattern):
-        choices = _expand_numbers(token[1:-1]) if token.startswith("{") else [token]
-        results = [prefix + choice for prefix in results for choice in choices]
-    return results
-
-
-def _expand_numbers(body: str) -> list[str]:
-    numbers: list[str] = []
-    for part in body.split(","):
-        start, _, stop = part.partition("..")
-        numbers.extend(str(n) for n in range(int(start), int(stop or start) + 1))
-    return numbers
-
-
-def _natural_key(text: str) -> list[Any]:
-    return [(0, int(part), "") if part.isascii() and part.isdigit() else (1, 0, part)
-            for part in re.split(r"([0-9]+)", text)]
 
 
 # -- rendering ---------------------------------------------------------------------------

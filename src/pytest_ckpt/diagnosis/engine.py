@@ -10,42 +10,26 @@ by a later one, so whatever is left is reported as plain ``missing``/``unexpecte
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
 from operator import attrgetter
 
-from pytest_ckpt.facts import ModelFacts
-from pytest_ckpt.findings import Finding, sort_findings
-from pytest_ckpt.manifest import Manifest, ManifestRow
-
-
-@dataclass
-class KeyPool:
-    """The keys not yet explained, and the findings so far."""
-
-    reference: Manifest
-    current: Manifest
-    facts: ModelFacts
-    name: str  # what the reference is called in messages: "checkpoint", "snapshot", ...
-    missing: set[str]
-    unexpected: set[str]
-    findings: list[Finding] = field(default_factory=list)
-    pairs: list[tuple[str, str]] = field(default_factory=list)  # (reference key, model key)
-
-    def claim(self, finding: Finding, *, missing: Iterable[str] = (),
-              unexpected: Iterable[str] = (), pairs: Iterable[tuple[str, str]] = ()) -> None:
-        """Record ``finding`` as the cause of these keys; they are not reported again."""
-        missing, unexpected = tuple(missing), tuple(unexpected)
-        self.missing.difference_update(missing)
-        self.unexpected.difference_update(unexpected)
-        self.pairs.extend(pairs)
-        keys = set(finding.keys)
-        other = missing if keys.issubset(unexpected) else unexpected
-        related = tuple(sorted(key for key in other if key not in keys))
-        self.findings.append(replace(finding, related=related) if related else finding)
-
-
-Rule = Callable[[KeyPool], None]
+from pytest_ckpt.checkpoint.facts import ModelFacts
+from pytest_ckpt.checkpoint.manifest import Manifest, ManifestRow
+from pytest_ckpt.diagnosis.findings import Finding, sort_findings
+from pytest_ckpt.diagnosis.pool import KeyPool, Rule
+from pytest_ckpt.diagnosis.rules.fsdp import fsdp_rule
+from pytest_ckpt.diagnosis.rules.layouts import (
+    mha_packing_rule,
+    norm_names_rule,
+    parametrization_rule,
+    weight_norm_rule,
+)
+from pytest_ckpt.diagnosis.rules.structure import (
+    buffer_rule,
+    component_rule,
+    prefix_rule,
+    prefix_swap_rule,
+    rename_rule,
+)
 
 
 def diagnose(reference: Manifest, current: Manifest, *, facts: ModelFacts | None = None,
@@ -62,19 +46,21 @@ def diagnose(reference: Manifest, current: Manifest, *, facts: ModelFacts | None
             gc.enable()
 
 
+# The rules, from the most specific cause to the most generic: a key one rule explains is not
+# reported again by a later one.
+RULES: tuple[Rule, ...] = (fsdp_rule, prefix_rule, weight_norm_rule, parametrization_rule,
+                           mha_packing_rule, norm_names_rule, buffer_rule, rename_rule,
+                           prefix_swap_rule, component_rule)
+
+
 def _diagnose(reference: Manifest, current: Manifest, facts: ModelFacts | None,
               reference_name: str) -> list[Finding]:
-    from pytest_ckpt.fsdp import fsdp_rule
-    from pytest_ckpt.layouts import LAYOUT_RULES
-    from pytest_ckpt.structure import STRUCTURE_RULES
-
     missing, unexpected, changed = _merge(reference.rows, current.rows)
     pool = KeyPool(reference, current, facts or ModelFacts(), reference_name,
                    missing=set(missing), unexpected=set(unexpected))
     pool.findings += _tie_findings(reference, current, reference_name)
     pool.missing -= {key for finding in pool.findings for key in finding.keys}
-    rules: list[Rule] = [fsdp_rule, *STRUCTURE_RULES[:1], *LAYOUT_RULES, *STRUCTURE_RULES[1:]]
-    for rule in rules:
+    for rule in RULES:
         if pool.missing or pool.unexpected:
             rule(pool)
     _generic(pool)
@@ -86,8 +72,6 @@ def _diagnose(reference: Manifest, current: Manifest, facts: ModelFacts | None,
     pool.findings += _shape_findings(common, reference_name)
     pool.findings += _dtype_findings(common, reference_name)
     return sort_findings(pool.findings)
-
-
 
 
 def _merge(old: tuple[ManifestRow, ...], new: tuple[ManifestRow, ...],

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pytest_ckpt.findings import Finding
+from pytest_ckpt.diagnosis.findings import Finding
 
 PROPERTY = "pytest_ckpt"
 REPORT_SCHEMA = "pytest-ckpt report v1"

@@ -13,8 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, final
 
-from pytest_ckpt.findings import Finding
-from pytest_ckpt.manifest import ManifestParseError, escape_key, unescape_key
+from pytest_ckpt.checkpoint.manifest import ManifestParseError, escape_key
 
 HEADER = "# pytest-ckpt schema v1"
 _PARAM_GROUP_FIELD = re.compile(r"(^|\.)param_groups\[\d+\]\.[A-Za-z_][A-Za-z0-9_]*$")
@@ -65,7 +64,7 @@ class Schema:
     @classmethod
     def of(cls, checkpoint: Any) -> Schema:
         """The schema of a loaded checkpoint (any nesting of dicts, lists and tensors)."""
-        from pytest_ckpt.container import container_layout
+        from pytest_ckpt.checkpoint.container import container_layout
 
         layout = container_layout(checkpoint)
         container = layout.layout if layout else f"no state_dict ({type(checkpoint).__name__})"
@@ -75,8 +74,8 @@ class Schema:
 def _describe(value: Any, path: str, *, shapes: bool) -> Iterator[tuple[str, str]]:
     import torch
 
-    from pytest_ckpt.container import is_state_dict
-    from pytest_ckpt.manifest import dtype_name
+    from pytest_ckpt.checkpoint.container import is_state_dict
+    from pytest_ckpt.checkpoint.manifest import dtype_name
 
     if isinstance(value, torch.Tensor):
         shape = f" [{','.join(map(str, value.shape))}]" if shapes else ""
@@ -130,53 +129,3 @@ def _scalar_type(value: Any) -> str:
 
 def _torch_flag(path: str, kind: str) -> bool:
     return kind in ("bool", "NoneType") and _PARAM_GROUP_FIELD.search(path) is not None
-
-
-def diff_schemas(reference: Schema, current: Schema, *,
-                 reference_name: str = "snapshot") -> list[Finding]:
-    """``training_state`` findings: entries the current checkpoint lost, gained or retyped
-    (torch's own optimizer flags aside)."""
-    reference, current = reference.without_torch_flags(), current.without_torch_flags()
-    old, new = reference.as_dict(), current.as_dict()
-    lost = _topmost(path for path in old if path not in new)
-    gained = _topmost(path for path in new if path not in old)
-    retyped = [path for path in old if path in new and old[path] != new[path]
-               and not (path == "<root>" and reference.container != current.container)]
-    findings = []
-    if lost:
-        findings.append(Finding("training_state", tuple(lost), _lost_hint(lost, current,
-                                                                          reference_name)))
-    if gained:
-        findings.append(Finding("training_state", tuple(gained),
-                                f"entries in the checkpoint that the {reference_name} lacks"))
-    if retyped:
-        findings.append(Finding("training_state", tuple(retyped),
-                                "the type of these entries changed",
-                                tuple(f"{path}: {old[path]} -> {new[path]}" for path in retyped)))
-    if reference.container != current.container:
-        findings.append(Finding("training_state", (), "container layout changed", (
-            f"{reference_name}: {reference.container}", f"checkpoint: {current.container}")))
-    return findings
-
-
-def _lost_hint(lost: list[str], current: Schema, reference_name: str) -> str:
-    top = [path for path in lost if "." not in path and "[" not in path]
-    names = ", ".join(f"`{unescape_key(path)}`" for path in (top or lost)[:6])
-    hint = f"{'top-level ' if top else ''}{names} missing (present in the {reference_name})"
-    training = [path for path in top if path in TRAINING_KEYS]
-    left = [path for path in current.as_dict() if path in TRAINING_KEYS]
-    if training and not left and current.container.startswith(("bare state_dict", "{")):
-        hint += (": this looks like a weights-only checkpoint given to a training resume; "
-                 "resume from a training checkpoint, or make the resume path start fresh "
-                 "optimizer/step state when they are absent")
-    return hint
-
-
-def _topmost(paths: Iterator[str] | Any) -> list[str]:
-    """Drop paths whose ancestor is in the set (report ``optimizer``, not its children)."""
-    chosen: list[str] = []
-    for path in sorted(paths):
-        if not any(path.startswith(parent + ".") or path.startswith(parent + "[")
-                   for parent in chosen):
-            chosen.append(path)
-    return chosen

@@ -7,8 +7,8 @@ stand for are not repeated as generic missing keys.
 
 from __future__ import annotations
 
-from pytest_ckpt.diagnose import KeyPool
-from pytest_ckpt.findings import Finding
+from pytest_ckpt.diagnosis.findings import Finding
+from pytest_ckpt.diagnosis.pool import KeyPool
 
 FLAT_PARAM = "_flat_param"
 WRAPPERS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_fpw_module")

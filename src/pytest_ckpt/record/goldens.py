@@ -3,8 +3,8 @@
 ``__goldens__/<test module>/<test name>/torch-2.13.pt`` is the model's state_dict saved with
 ``torch.save``; ``torch-2.13.json`` beside it records the torch, python and plugin versions,
 the format, the seed, the manifest, the file's sha256 and fingerprints of the inputs and of
-the eval-mode outputs on them. Every run loads every golden of a test into the current model;
-an update writes only the current torch version's pair, atomically.
+the eval-mode outputs on them. Here: the file names, the sidecar (written, read and checked
+field by field), the fingerprints; the check that loads goldens is ``checks.golden``.
 """
 
 from __future__ import annotations
@@ -15,17 +15,13 @@ import json
 import math
 import platform
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_ckpt.diagnose import diagnose
+from pytest_ckpt.checkpoint.manifest import Manifest
 from pytest_ckpt.errors import CheckpointReadError, first_line
-from pytest_ckpt.facts import ModelFacts
-from pytest_ckpt.findings import Finding, sort_findings
-from pytest_ckpt.manifest import Manifest
-from pytest_ckpt.snapshots import atomic_write_bytes
+from pytest_ckpt.record.snapshots import atomic_write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -171,10 +167,11 @@ def goldens_in(directory: Path) -> list[GoldenFile]:
 def serialise(model: torch.nn.Module, inputs: Any, *, test: str, seed: int,
               outputs: dict[str, torch.Tensor] | None) -> tuple[bytes, dict[str, Any]]:
     """The golden's bytes and its sidecar (provenance)."""
+    from importlib import metadata
+
     import torch
 
-    import pytest_ckpt
-    from pytest_ckpt.values import flatten_outputs
+    from pytest_ckpt.checkpoint.values import flatten_outputs
 
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -185,14 +182,14 @@ def serialise(model: torch.nn.Module, inputs: Any, *, test: str, seed: int,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": f"{platform.system()}-{platform.machine()}",
-        "pytest_ckpt": pytest_ckpt.__version__,
+        "pytest_ckpt": metadata.version("pytest-ckpt"),
         "format": "torch.save (zip), a bare state_dict",
         "seed": seed,
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "manifest": Manifest.from_module(model).render().splitlines(),
-        "inputs": None if inputs is None else _fingerprints(flatten_outputs(inputs, "input")),
-        "outputs": None if outputs is None else _fingerprints(outputs),
+        "inputs": None if inputs is None else fingerprints(flatten_outputs(inputs, "input")),
+        "outputs": None if outputs is None else fingerprints(outputs),
     }
     return data, sidecar
 
@@ -232,14 +229,14 @@ def _size(count: int) -> str:
 
 # -- fingerprints ------------------------------------------------------------------------
 
-def _fingerprints(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+def fingerprints(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
     return {name: fingerprint_of(tensor) for name, tensor in tensors.items()}
 
 
 def fingerprint_of(tensor: torch.Tensor) -> dict[str, Any]:
     """dtype, shape, sha256 of the bits, norms and a strided sample of the values."""
-    from pytest_ckpt.manifest import dtype_name
-    from pytest_ckpt.values import bits
+    from pytest_ckpt.checkpoint.manifest import dtype_name
+    from pytest_ckpt.checkpoint.values import bits
 
     flat = tensor.detach().cpu().contiguous()
     wide = None if flat.is_complex() else flat.reshape(-1).double()
@@ -270,97 +267,3 @@ def fingerprint_difference(expected: dict[str, Any], actual: dict[str, Any]) -> 
         return None
     return (f"max abs error {worst:.3g} on {len(pairs)} sampled values (scale {scale:.3g}), "
             f"L1 norm off by {l1_gap:.3g} (relative); tolerance {RTOL:g}")
-
-
-# -- checking ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GoldenOutcome:
-    """What loading one golden into the current model found; ``ok`` when nothing."""
-
-    golden: GoldenFile
-    written_with: str  # "torch 2.1.2, pytest-ckpt 0.1.0"
-    findings: tuple[Finding, ...] = ()
-    error: str | None = None
-    note: str | None = None  # set when the outputs matched within RTOL, not bitwise
-    unreadable: str | None = None  # why the golden (or its sidecar) could not be read
-
-    @property
-    def ok(self) -> bool:
-        return not self.findings and self.error is None and self.unreadable is None
-
-
-def check_golden(golden: GoldenFile, target: torch.nn.Module, inputs: Any,
-                 load: Callable[..., Any] | None) -> GoldenOutcome:
-    """Load ``golden`` into ``target`` (a fresh or poisoned model) through ``load`` and
-    compare keys, values and the output fingerprint with what the sidecar recorded."""
-    from pytest_ckpt.formats.files import read_bounded
-    from pytest_ckpt.formats.torch_zip import load_weights_only, state_dict_of
-    from pytest_ckpt.roundtrip import model_outputs, prepare_target, value_findings
-
-    sidecar = golden.provenance()
-    written_with = f"torch {sidecar['torch']}, pytest-ckpt {sidecar['pytest_ckpt']}"
-    data = read_bounded(golden.path, MAX_GOLDEN_READ, "golden")
-    if hashlib.sha256(data).hexdigest() != sidecar["sha256"]:
-        raise CheckpointReadError(golden.path, f"does not match the sha256 in "
-                                  f"{golden.sidecar.name}: it changed after it was written "
-                                  "(or an update was interrupted between the two files)")
-    state = state_dict_of(load_weights_only(golden.path), golden.path)
-    saved = Manifest.from_state_dict(state)
-    before = prepare_target(target, state)
-    try:
-        (load or _strict_load)(target, state)
-    except Exception as error:  # the load path failed: diagnose, then report it
-        return GoldenOutcome(golden, written_with, tuple(_key_findings(saved, target)),
-                             f"{type(error).__name__}: {first_line(error, limit=300)}")
-    findings = _key_findings(saved, target) if load is None else []
-    findings += value_findings(state, target.state_dict(keep_vars=True), before)
-    note = None
-    if sidecar.get("outputs") is not None and inputs is not None:
-        outputs = _fingerprints(model_outputs(target, inputs, "the loaded model") or {})
-        findings += _output_findings(sidecar, inputs, outputs)
-        bitwise = all(outputs.get(name, {}).get("sha256") == recorded["sha256"]
-                      for name, recorded in sidecar["outputs"].items())
-        note = None if bitwise else (f"outputs within rtol {RTOL:g} of those recorded under "
-                                     f"torch {sidecar.get('torch')}, not bitwise equal")
-    return GoldenOutcome(golden, written_with, tuple(sort_findings(findings)), note=note)
-
-
-def _strict_load(target: torch.nn.Module, state: dict[str, Any]) -> Any:
-    return target.load_state_dict(state, strict=True)
-
-
-def _key_findings(saved: Manifest, target: torch.nn.Module) -> list[Finding]:
-    return diagnose(saved, Manifest.from_module(target), facts=ModelFacts.from_module(target),
-                    reference_name="golden")
-
-
-def _output_findings(sidecar: dict[str, Any], inputs: Any,
-                     outputs: dict[str, dict[str, Any]]) -> list[Finding]:
-    from pytest_ckpt.values import flatten_outputs
-
-    recorded_inputs = sidecar.get("inputs") or {}
-    current_inputs = _fingerprints(flatten_outputs(inputs, "input"))
-    changed = _differences(recorded_inputs, current_inputs)
-    if changed:
-        return [Finding("output", tuple(changed),
-                        "inputs= gives other values than when the golden was written, so its "
-                        "outputs cannot be compared: make inputs= deterministic",
-                        tuple(f"{name}: {why}" for name, why in changed.items()))]
-    differ = _differences(sidecar["outputs"], outputs)
-    if not differ:
-        return []
-    return [Finding("output", tuple(differ),
-                    f"eval-mode outputs on inputs= differ from those recorded when the golden "
-                    f"was written (torch {sidecar.get('torch')})",
-                    tuple(f"{name}: {why}" for name, why in differ.items()))]
-
-
-def _differences(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, str]:
-    differ = {}
-    for name, recorded in expected.items():
-        if name not in actual:
-            differ[name] = "not produced by the current model"
-        elif (why := fingerprint_difference(recorded, actual[name])) is not None:
-            differ[name] = why
-    return differ

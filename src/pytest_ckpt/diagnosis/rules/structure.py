@@ -8,9 +8,10 @@ from collections import Counter
 from collections.abc import Iterable
 from operator import attrgetter
 
-from pytest_ckpt.diagnose import KeyPool, Rule
-from pytest_ckpt.findings import Finding, fold_keys, render_numbers
-from pytest_ckpt.manifest import BUFFER
+from pytest_ckpt.checkpoint.keys import fold_keys, render_numbers
+from pytest_ckpt.checkpoint.manifest import BUFFER
+from pytest_ckpt.diagnosis.findings import Finding
+from pytest_ckpt.diagnosis.pool import KeyPool
 
 MAX_PREFIX_DEPTH = 3  # a wrapper prefix has at most this many segments (module._orig_mod.)
 MAX_RENAME_KEYS = 50_000  # above this many unexplained keys the rename search is skipped
@@ -295,7 +296,3 @@ def _common_suffix(left: str, right: str) -> int:
             break
         count += 1
     return count
-
-
-STRUCTURE_RULES: list[Rule] = [prefix_rule, buffer_rule, rename_rule, prefix_swap_rule,
-                               component_rule]

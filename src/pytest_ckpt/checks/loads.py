@@ -1,18 +1,79 @@
-"""Declared partial loads: a checkpoint may leave out or carry extra keys only where the test
-says so, and success is measured on values (every tensor the checkpoint provides must have
-reached the model; every tensor it does not provide must be a declared one)."""
+"""``ckpt.assert_loads``, declared partial loads: a checkpoint may leave out or carry extra keys
+only where the test says so, and success is measured on values (every tensor the checkpoint
+provides must have reached the model; every tensor it does not provide must be a declared
+one)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_ckpt.findings import Finding
+from pytest_ckpt.checkpoint.facts import ModelFacts
+from pytest_ckpt.checkpoint.manifest import Manifest
+from pytest_ckpt.checks.context import CheckContext
+from pytest_ckpt.diagnosis.engine import diagnose
+from pytest_ckpt.diagnosis.findings import Finding, render_failure
 
 if TYPE_CHECKING:
     import torch
+
+
+def assert_loads(context: CheckContext, model: torch.nn.Module,
+                 checkpoint: Mapping[str, Any] | str | Path, *, allow_missing: Any = (),
+                 allow_unexpected: Any = (), load: Callable[..., Any] | None = None,
+                 safe_globals: Sequence[Any] = ()) -> None:
+    """Load ``checkpoint`` into ``model`` through ``load`` (default
+    ``load_state_dict(strict=False)``) and fail on anything not declared: a tensor left out
+    that ``allow_missing`` does not cover, an extra key ``allow_unexpected`` does not cover, a
+    declaration that matches nothing (stale) or hides provided keys (over-broad), a provided
+    tensor whose value did not reach the model."""
+    __tracebackhide__ = True
+    missing_patterns = context.usage(patterns, allow_missing)
+    unexpected_patterns = context.usage(patterns, allow_unexpected)
+    state = _state_dict_of(context, checkpoint, safe_globals)
+    before = Manifest.from_module(model)
+    facts = ModelFacts.from_module(model)
+    result = load_and_classify(model, state, load)
+    gaps = set(result.not_written) - set(state) - matched(missing_patterns, result.not_written)
+    extra = set(result.unexpected) - matched(unexpected_patterns, result.unexpected)
+    findings = diagnose(
+        Manifest.from_state_dict({k: state[k] for k in extra}),
+        Manifest(tuple(row for row in before if row.key in gaps)), facts=facts)
+    findings += declared_findings(result, state, allow_missing=missing_patterns,
+                                  allow_unexpected=unexpected_patterns)
+    context.record("loads", findings)
+    if findings:
+        name = checkpoint if isinstance(checkpoint, (str, Path)) else "the state_dict"
+        context.fail(render_failure(
+            f"checkpoint {name} does not load into {type(model).__name__} as declared",
+            findings, "fix: declare expected gaps with allow_missing=[...] / "
+            "allow_unexpected=[...], or fix the key mapping in the load path",
+            color=context.color))
+
+
+def _state_dict_of(context: CheckContext, checkpoint: Any,
+                   safe_globals: Sequence[Any]) -> dict[str, Any]:
+    __tracebackhide__ = True
+    from pytest_ckpt.formats.torch_zip import state_dict_of
+
+    loaded = context.loaded(checkpoint, "loads", safe_globals, tensors_only=True)
+    path = Path(str(checkpoint)) if isinstance(checkpoint, (str, Path)) else None
+    state: dict[str, Any] = context.reading("loads", lambda: state_dict_of(
+        loaded, path or Path("<state_dict>")))
+    return state
+
+
+def patterns(value: Any) -> tuple[str, ...]:
+    """``allow_missing`` / ``allow_unexpected``: one glob or a sequence of globs."""
+    from pytest_ckpt.errors import CkptUsageError
+
+    found = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(pattern, str) for pattern in found):
+        raise CkptUsageError(f"allow_missing/allow_unexpected take key globs, got {value!r}")
+    return found
 
 
 def matches(pattern: str, key: str) -> bool:
@@ -46,7 +107,7 @@ def load_and_classify(model: torch.nn.Module, state: Mapping[str, Any],
     load wrote)."""
     import torch
 
-    from pytest_ckpt.values import poison_
+    from pytest_ckpt.checkpoint.values import poison_
 
     tensors = {k: v for k, v in model.state_dict(keep_vars=True).items()
                if isinstance(v, torch.Tensor)}
@@ -87,7 +148,7 @@ def _reference(provided: Any, own: torch.Tensor) -> torch.Tensor:
 def _at_poison(tensor: torch.Tensor, reference: torch.Tensor) -> bool:
     """Whether ``tensor`` still holds the poison made for ``reference`` (recomputed: the
     poison is a function of the reference). An empty tensor has nothing to write."""
-    from pytest_ckpt.values import bitwise_equal, poisoned_value
+    from pytest_ckpt.checkpoint.values import bitwise_equal, poisoned_value
 
     poison = poisoned_value(reference)
     return poison is not None and bitwise_equal(tensor, poison)
@@ -98,7 +159,7 @@ def _holds(tensor: Any, provided: Any) -> bool:
     ``load_state_dict`` does); ``True`` when the checkpoint provides none under that key."""
     import torch
 
-    from pytest_ckpt.values import bitwise_equal
+    from pytest_ckpt.checkpoint.values import bitwise_equal
 
     if not isinstance(provided, torch.Tensor) or not isinstance(tensor, torch.Tensor):
         return True

@@ -1,0 +1,84 @@
+"""Key folding: keys that differ only in integer segments are shown as one line
+(``decoder.layers.{0..11}.attn.q_proj.weight``), exactly invertible. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+Segment = str | frozenset[int]
+
+
+def _segment(text: str) -> Segment:
+    if text.isascii() and text.isdigit() and text == str(int(text)):
+        return frozenset({int(text)})
+    return text
+
+
+def fold_keys(keys: Iterable[str]) -> list[str]:
+    """Fold keys that differ only in integer segments: ``layers.{0..11}.attn.weight``.
+
+    Folding is exact: :func:`expand_folded` of the result gives back the input keys.
+    """
+    items = {tuple(_segment(part) for part in key.split(".")) for key in keys}
+    longest = max((len(item) for item in items), default=0)
+    for position in range(longest):
+        items = _fold_position(items, position)
+    return sorted((_render_segments(item) for item in items),
+                  key=lambda text: (natural_key(text), text))
+
+
+def _fold_position(items: set[tuple[Segment, ...]], position: int) -> set[tuple[Segment, ...]]:
+    groups: dict[tuple[Segment, ...], set[int]] = {}
+    folded: set[tuple[Segment, ...]] = set()
+    for item in items:
+        value = item[position] if position < len(item) else None
+        if isinstance(value, frozenset):
+            skeleton = (*item[:position], "\0", *item[position + 1 :])
+            groups.setdefault(skeleton, set()).update(value)
+        else:
+            folded.add(item)
+    for skeleton, numbers in groups.items():
+        folded.add((*skeleton[:position], frozenset(numbers), *skeleton[position + 1 :]))
+    return folded
+
+
+def _render_segments(item: tuple[Segment, ...]) -> str:
+    return ".".join(part if isinstance(part, str) else render_numbers(part) for part in item)
+
+
+def render_numbers(numbers: frozenset[int]) -> str:
+    ordered = sorted(numbers)
+    if len(ordered) == 1:
+        return str(ordered[0])
+    runs: list[list[int]] = []
+    for number in ordered:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    parts = [f"{run[0]}..{run[-1]}" if len(run) > 2 else ",".join(map(str, run)) for run in runs]
+    return "{" + ",".join(parts) + "}"
+
+
+def expand_folded(pattern: str) -> list[str]:
+    """Inverse of :func:`fold_keys` for one folded line."""
+    results = [""]
+    for token in re.split(r"(\{[0-9.,]+\})", pattern):
+        choices = _expand_numbers(token[1:-1]) if token.startswith("{") else [token]
+        results = [prefix + choice for prefix in results for choice in choices]
+    return results
+
+
+def _expand_numbers(body: str) -> list[str]:
+    numbers: list[str] = []
+    for part in body.split(","):
+        start, _, stop = part.partition("..")
+        numbers.extend(str(n) for n in range(int(start), int(stop or start) + 1))
+    return numbers
+
+
+def natural_key(text: str) -> list[Any]:
+    return [(0, int(part), "") if part.isascii() and part.isdigit() else (1, 0, part)
+            for part in re.split(r"([0-9]+)", text)]
