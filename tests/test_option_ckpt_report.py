@@ -107,3 +107,29 @@ def test_matrix_renders_reports_of_two_environments(project, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("pytest-ckpt: report missing.json cannot be read: "
                                   "No such file or directory")
+
+
+
+CAUGHT = '''
+import pytest
+from nets import Net
+
+
+def test_manifest(ckpt):
+    with pytest.raises(pytest.fail.Exception, match="rename"):
+        ckpt.assert_manifest(Net(head_name="classifier"))
+'''
+
+
+def test_a_failure_a_passing_test_caught_does_not_turn_the_matrix_red(project, mode):
+    _write(project)
+    project.runpytest("--ckpt-snapshot-update", "-k", "manifest").assert_outcomes(passed=1)
+    project.makepyfile(test_r=CAUGHT)
+    project.runpytest("--ckpt-report=c.json", *mode).assert_outcomes(passed=1)
+    command = shutil.which("pytest-ckpt", path=str(Path(sys.executable).parent))
+    assert command is not None
+    result = subprocess.run([command, "matrix", "c.json"], capture_output=True, text=True,
+                            cwd=project.path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        "| `test_r.py::test_manifest` | manifest | ☑️ caught `rename` |")

@@ -14,6 +14,7 @@ from pytest_ckpt.record.report import (
     ReportError,
     build_report,
     check_entry,
+    failed_checks,
     read_report,
     render_matrix,
 )
@@ -75,3 +76,21 @@ def test_an_unreadable_report_is_named(tmp_path, text, why):
     path.write_text(text)
     with pytest.raises(ReportError, match=f"report {path} {why}"):
         read_report(path)
+
+
+def test_a_check_its_test_expected_to_fail_is_not_red(tmp_path):
+    rename = Finding("rename", ("head.weight",), "renamed")
+    failed = check_entry("manifest", [rename])
+    report = _report("2.13.0",
+                     ("t.py::test_caught", {**failed, "test_outcome": "passed"}),
+                     ("t.py::test_xfail", {**failed, "test_outcome": "xfailed"}),
+                     ("t.py::test_red", {**failed, "test_outcome": "failed"}))
+    table = render_matrix([report]).splitlines()
+    assert table[2] == ("0 of 3 checks passed across 1 environment(s); 2 failed as their tests "
+                        "expected (xfail, or caught by a passing test).")
+    assert table[6:] == ["| `t.py::test_caught` | manifest | ☑️ caught `rename` |",
+                         "| `t.py::test_red` | manifest | ❌ `rename` |",
+                         "| `t.py::test_xfail` | manifest | ☑️ xfail `rename` |"]
+    assert failed_checks(report) == 1
+    report["checks"] = [c for c in report["checks"] if c["test_outcome"] != "failed"]
+    assert failed_checks(report) == 0
