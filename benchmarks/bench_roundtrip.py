@@ -59,7 +59,8 @@ def build(size_mib: int) -> Any:
 def child(mode: str, size_mib: int, directory: Path) -> dict[str, Any]:
     import torch
 
-    from pytest_ckpt.checks.roundtrip import RoundtripSpec, run_roundtrip
+    from pytest_ckpt.checks.roundtrip import run_roundtrip
+    from pytest_ckpt.checks.roundtrip_format import RoundtripSpec
 
     base_hwm, base_anon = status_kib("VmHWM"), status_kib("RssAnon")
     torch.manual_seed(0)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,3 +56,21 @@ def remap_upstream(state: dict[str, Any]) -> dict[str, Any]:
 
 def load_upstream(model: CLAP, state: dict[str, Any]) -> Any:
     return model.load_state_dict(remap_upstream(state), strict=False)
+
+
+def save_training_checkpoint(model: nn.Module, path: Path, epoch: int = 10) -> None:
+    """How the training script saves (the model wrapped in DistributedDataParallel)."""
+    torch.save({"epoch": epoch, "state_dict": {f"module.{k}": v
+                                                for k, v in model.state_dict().items()}}, path)
+
+
+def load_ckpt(model: CLAP, path: Path) -> None:
+    """``CLAP_Module.load_ckpt``: a training checkpoint (DDP-wrapped, upstream names, maybe
+    with the ``position_ids`` of older transformers) into ``model``; returns nothing."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = remap_upstream(state)
+    # position_ids became a non-persistent buffer; checkpoints from before still carry it
+    state.pop("text_branch.position_ids", None)
+    model.load_state_dict(state)

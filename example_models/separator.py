@@ -1,8 +1,11 @@
-"""A small speech separator (Conv-TasNet shaped) and its training loop: Adam, a step LR
-schedule, dropout, and a halve-LR-on-plateau step that reloads the best checkpoint."""
+"""A small speech separator (Conv-TasNet shaped) and two training loops: Adam with a step LR
+schedule and dropout; and a solver without a scheduler that, when the loss stops improving,
+reloads the best checkpoint and halves the LR (as Conv-TasNet recipes do)."""
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,8 @@ class Separator(nn.Module):
         masks = torch.sigmoid(self.mask_net(frames)).chunk(self.n_sources, dim=1)
         sources = [self.decoder(frames * mask).squeeze(1) for mask in masks]
         return torch.stack(sources, dim=1)[..., : mixture.shape[-1]]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,9 +80,72 @@ class SeparatorTrainer:
         torch.set_rng_state(checkpoint["rng"])
         return TrainingState(model, optimizer, scheduler, checkpoint["global_step"])
 
-    def reload_best_and_halve_lr(self, path: Path) -> TrainingState:
-        """On a plateau: go back to the best checkpoint and continue at half its LR."""
-        state = self.resume(path)
-        for group in state.optimizer.param_groups:
-            group["lr"] = group["lr"] / 2  # the LR lives in the optimizer's param_groups
-        return state
+
+
+def reload_best_and_halve_lr(model: nn.Module, optimizer: torch.optim.Optimizer,
+                             path: Path) -> None:
+    """On a plateau: load the best checkpoint into the running model and optimizer and
+    continue at half its LR. Reads the path itself and returns nothing."""
+    package = torch.load(path, weights_only=True)
+    model.load_state_dict(package["model"])
+    optim_state = package["optimizer"]
+    for group in optim_state["param_groups"]:
+        group["lr"] = group["lr"] / 2  # the LR lives in the optimizer's param_groups
+    optimizer.load_state_dict(optim_state)
+    log.info("Learning rate adjusted to: {lr:.6f}".format(lr=optim_state["param_groups"][0]["lr"]))
+
+
+@dataclass
+class SolverState:
+    model: Separator
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    best_loss: float = math.inf
+    bad_steps: int = 0  # steps since the loss last improved
+
+
+class PlateauSolver:
+    """No LR scheduler: the loop's own counters decide when to reload the best checkpoint
+    (kept in ``workdir``) and halve the LR."""
+
+    def __init__(self, workdir: Path, patience: int = 1, threshold: float = 0.5) -> None:
+        self.best = workdir / "best.pt"
+        self.patience = patience
+        self.threshold = threshold  # an improvement is a relative drop of at least this
+
+    def build(self) -> SolverState:
+        model = Separator()
+        return SolverState(model, _optimizer(model, lr=3e-3))
+
+    def step(self, state: SolverState) -> float:
+        sources = torch.randn(4, 2, 64)
+        loss = ((state.model(sources.sum(dim=1)) - sources) ** 2).mean()
+        state.optimizer.zero_grad()
+        loss.backward()
+        state.optimizer.step()
+        state.step += 1
+        value = float(loss.detach())
+        if value < state.best_loss * (1 - self.threshold):
+            state.best_loss, state.bad_steps = value, 0
+            self.save(state, self.best)
+        else:
+            state.bad_steps += 1
+            if state.bad_steps >= self.patience:
+                reload_best_and_halve_lr(state.model, state.optimizer, self.best)
+                state.bad_steps = 0
+        return value
+
+    def save(self, state: SolverState, path: Path) -> None:
+        torch.save({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                    "global_step": state.step, "best_loss": state.best_loss,
+                    "bad_steps": state.bad_steps, "rng": torch.get_rng_state()}, path)
+
+    def resume(self, path: Path) -> SolverState:
+        checkpoint = torch.load(path, weights_only=True)
+        model = Separator()
+        model.load_state_dict(checkpoint["model"])
+        optimizer = _optimizer(model, lr=3e-3)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        torch.set_rng_state(checkpoint["rng"])
+        return SolverState(model, optimizer, checkpoint["global_step"],
+                           checkpoint.get("best_loss", math.inf), checkpoint.get("bad_steps", 0))

@@ -43,7 +43,8 @@ def resume_training(path: Path) -> tuple[SyncNet, torch.optim.Optimizer, int]:
     """The training script's resume path: it needs ``global_step`` and the optimizer."""
     checkpoint: dict[str, Any] = torch.load(path, weights_only=True)
     model = SyncNet()
-    model.load_state_dict(checkpoint["state_dict"])
+    model.load_state_dict(checkpoint.get("state_dict", checkpoint))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    if "optimizer" in checkpoint:
+        optimizer.load_state_dict(checkpoint["optimizer"])
     return model, optimizer, int(checkpoint["global_step"])

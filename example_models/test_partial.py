@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from example_models.clap import CLAP, load_upstream, remap_upstream, upstream_checkpoint
+from example_models.clap import (
+    CLAP,
+    load_ckpt,
+    load_upstream,
+    remap_upstream,
+    save_training_checkpoint,
+    upstream_checkpoint,
+)
 from example_models.unity import UnitY, save_asr_finetune
 
 
@@ -15,10 +22,16 @@ def test_asr_finetune_loads_into_unity_as_declared(ckpt, tmp_path):
 
 
 def test_clap_upstream_checkpoint_loads_through_the_remap(ckpt):
-    # the upstream checkpoint predates position_ids becoming non-persistent
+    # the upstream checkpoint predates position_ids becoming non-persistent: its values are
+    # the ones the model computes, so nothing is lost when the load drops them
     state = upstream_checkpoint(CLAP(persistent_position_ids=True))
-    ckpt.assert_loads(CLAP(), state, load=load_upstream,
-                      allow_unexpected=["text_branch.position_ids"])
+    ckpt.assert_loads(CLAP(), state, load=load_upstream)
+
+
+def test_clap_training_checkpoint_loads_through_load_ckpt(ckpt, tmp_path):
+    # DDP-wrapped upstream names; load_ckpt strips module. itself and returns None
+    save_training_checkpoint(CLAP(persistent_position_ids=True), tmp_path / "epoch_10.pt")
+    ckpt.assert_loads(CLAP(), tmp_path / "epoch_10.pt", load_from=load_ckpt)
 
 
 @pytest.mark.ckpt_strict_loads(allow_unexpected=["text_branch.position_ids"])

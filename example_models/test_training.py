@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from example_models.separator import SeparatorTrainer
-from example_models.syncnet import SyncNet, save_release, save_training_checkpoint
+from example_models.separator import PlateauSolver, SeparatorTrainer, reload_best_and_halve_lr
+from example_models.syncnet import (
+    SyncNet,
+    resume_training,
+    save_release,
+    save_training_checkpoint,
+)
 
 
 def trained_syncnet() -> tuple[SyncNet, torch.optim.Optimizer]:
@@ -40,5 +45,16 @@ def test_separator_reload_best_halves_the_lr(tmp_path):
     trainer.step(state)
     trainer.save(state, tmp_path / "best.pt")
     lr = state.optimizer.param_groups[0]["lr"]
-    assert trainer.reload_best_and_halve_lr(tmp_path / "best.pt").optimizer.param_groups[0][
-        "lr"] == lr / 2
+    reload_best_and_halve_lr(state.model, state.optimizer, tmp_path / "best.pt")
+    assert state.optimizer.param_groups[0]["lr"] == lr / 2
+
+
+def test_plateau_solver_resumes_with_its_counters(ckpt, tmp_path):
+    ckpt.assert_resumes(PlateauSolver(tmp_path), steps=6, at=2)
+
+
+def test_syncnet_training_script_resumes_from_its_training_checkpoint(ckpt, tmp_path):
+    model, optimizer = trained_syncnet()
+    save_training_checkpoint(model, optimizer, 1200, tmp_path / "train.pt")
+    ckpt.assert_loads(SyncNet(), tmp_path / "train.pt",
+                      load_from=lambda target, path: resume_training(path)[0])

@@ -25,6 +25,12 @@ def test_vocoder_outputs_survive_torch_and_safetensors():
     return Vocoder(VocoderConfig.tiny())
 
 
+def test_vocoder_release_folder_roundtrips_through_from_pretrained(ckpt):
+    ckpt.roundtrip(Vocoder(VocoderConfig.tiny()), inputs=mel, snapshot=False,
+                   save_to=lambda model, folder: model.save_pretrained(folder),
+                   load_from=lambda _, folder: Vocoder.from_pretrained(folder))
+
+
 def test_vocoder_key_set_matches_snapshot(ckpt):
     ckpt.assert_manifest(Vocoder(VocoderConfig.tiny()))
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +159,26 @@ class Vocoder(nn.Module):
             x = torch.stack([block(x) for block in blocks]).mean(dim=0)
         x = self.conv_post(F.leaky_relu(x))
         return torch.tanh(x)
+
+    def save_pretrained(self, directory: Path) -> None:
+        """A Hugging Face-style release folder: ``config.json`` + ``model.pt``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(dataclasses.asdict(self.config)))
+        torch.save(self.state_dict(), directory / "model.pt")
+
+    @classmethod
+    def from_pretrained(cls, directory: Path) -> Vocoder:
+        """The vocoder a release folder describes, with its weights loaded."""
+        fields: dict[str, Any] = json.loads((directory / "config.json").read_text())
+        config = VocoderConfig(**{key: _tuples(value) for key, value in fields.items()})
+        model = cls(config)
+        model.load_state_dict(torch.load(directory / "model.pt", weights_only=True))
+        return model
+
+
+def _tuples(value: Any) -> Any:
+    """JSON arrays back to the config's (nested) tuples."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
 
 
 def tiny_vocoder() -> Vocoder:

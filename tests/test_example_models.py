@@ -17,7 +17,7 @@ def test_example_suite_is_green(example_project, mode):
     before = snapshot_files(example_project.path)
     goldens = _golden_files(example_project.path)
     result = example_project.runpytest("example_models", *mode)
-    result.assert_outcomes(passed=20, xfailed=2)
+    result.assert_outcomes(passed=24, xfailed=2)
     assert snapshot_files(example_project.path) == before
     assert _golden_files(example_project.path) == goldens
 
@@ -48,7 +48,7 @@ def test_renaming_a_vocoder_layer_fails_every_vocoder_check_with_the_cause(examp
     source = example_project.path / "example_models" / "vocoder.py"
     source.write_text(source.read_text().replace("conv_post", "conv_out"))
     result = example_project.runpytest("example_models/test_vocoder.py", *mode)
-    result.assert_outcomes(failed=3, passed=4, xfailed=1)
+    result.assert_outcomes(failed=3, passed=5, xfailed=1)
     result.stdout.fnmatch_lines(lines(
         "manifest differs from snapshot example_models/__snapshots__/test_vocoder/"
         "test_vocoder_key_set_matches_snapshot.manifest.txt (60 entries in the snapshot, "
@@ -115,7 +115,7 @@ def test_separator_that_stops_saving_its_scheduler_fails_the_resume_check(exampl
     source.write_text(text.replace('"scheduler": state.scheduler.state_dict(), ', "").replace(
         'scheduler.load_state_dict(checkpoint["scheduler"])', "pass"))
     result = example_project.runpytest("example_models/test_training.py")
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=5, failed=1)
     result.stdout.fnmatch_lines(lines(
         "resumed training does not continue like the uninterrupted run (6 steps, saved and "
         "resumed after step 3)",

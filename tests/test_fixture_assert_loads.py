@@ -46,8 +46,8 @@ def test_declared_partial_checkpoint_passes_and_undeclared_components_are_named(
         "from the checkpoint*",
         "  [missing_component] 8 keys: component `text_encoder` (8 tensors) of the model is "
         "absent from the checkpoint*",
-        "fix: declare expected gaps with allow_missing=[...] / allow_unexpected=[...], or fix "
-        "the key mapping in the load path",
+        'fix: if the checkpoint is partial by design, declare it: allow_missing=['
+        '"t2u_model.*", "text_encoder.*"]',
     ))
 
 

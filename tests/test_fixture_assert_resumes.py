@@ -52,17 +52,30 @@ class Harness:
                       "global_step": state.step, "rng": torch.get_rng_state()}
         if self.bug != "scheduler not saved":
             checkpoint["scheduler"] = state.scheduler.state_dict()
+        if self.bug == "numpy rng saved":
+            import numpy
+            checkpoint["numpy_rng"] = numpy.random.get_state()
+        if self.bug == "folder with a missing step":  # a trainer that writes a folder
+            path.mkdir()
+            torch.save({"model": checkpoint.pop("model")}, path / "model.pt")
+            del checkpoint["global_step"]
+            torch.save(checkpoint, path / "trainer_state.pt")
+            return
         torch.save(checkpoint, path)
 
     def resume(self, path):
-        checkpoint = torch.load(path, weights_only=True)
+        if self.bug == "folder with a missing step":
+            checkpoint = {**torch.load(path / "model.pt", weights_only=True),
+                          **torch.load(path / "trainer_state.pt", weights_only=True)}
+        else:
+            checkpoint = torch.load(path, weights_only=True)
         model = Separator()
         model.load_state_dict(checkpoint["model"])
         params = list(model.parameters())
         if self.bug == "parameters reordered":
             params = params[2:] + params[:2]
         optimizer = torch.optim.Adam(params, lr=1e-2)
-        if self.bug != "optimizer not loaded":
+        if self.bug not in ("optimizer not loaded", "moments not loaded"):
             optimizer.load_state_dict(checkpoint["optimizer"])
         if self.bug == "halve lr from the checkpoint":  # reload best, then halve its LR
             for group in optimizer.param_groups:
@@ -139,8 +152,8 @@ def test_rng_not_restored_is_named(trainer):
 def test_missing_initial_lr_is_named_with_the_resume_step(trainer):
     run_bug(trainer, "optimizer not loaded").stdout.fnmatch_lines(lines(
         "  [training_state] the resume path raised KeyError: "
-        '"param \'initial_lr\' is not specified in param_groups[0] when resuming* '
-        "(resuming after step 3); a scheduler built with last_epoch >= 0 needs 'initial_lr'*",
+        "param 'initial_lr' is not specified in param_groups[0] when resuming* (resuming after "
+        "step 3); a scheduler built with last_epoch >= 0 needs 'initial_lr'*",
         "      raised at */trainer.py:* in resume: scheduler = torch.optim.lr_scheduler.StepLR(*",
         "      the checkpoint holds: global_step, model, optimizer, rng, scheduler",
     ))
@@ -148,9 +161,13 @@ def test_missing_initial_lr_is_named_with_the_resume_step(trainer):
 
 def test_keyerror_lr_points_at_the_users_resume_code(trainer):
     run_bug(trainer, "halve lr from the checkpoint").stdout.fnmatch_lines(lines(
-        "  [training_state] the resume path raised KeyError: 'lr' (resuming after step 3)",
+        "  [training_state] resuming after step 3, the checkpoint HAS "
+        "['optimizer']['param_groups'][0]['lr']: the code at trainer.py:* raised "
+        "KeyError: 'lr', not the file",
         '      raised at */trainer.py:* in resume: group["lr"] = checkpoint["lr"] / 2',
         "      the checkpoint holds: global_step, model, optimizer, rng, scheduler",
+        "fix: the bug is in the code at trainer.py:*: read 'lr' where the checkpoint keeps it "
+        "(checkpoint['optimizer']['param_groups'][0]['lr'])",
     ))
 
 
@@ -188,3 +205,42 @@ def test_wrong_use_is_a_usage_error(trainer):
         "ckpt_resume used wrongly in test_a.py::test_fixture: assert_resumes needs a harness or "
         "all of build, step, save, resume; missing: step, save, resume",
     ))
+
+
+def test_a_divergence_with_the_rng_restored_does_not_blame_the_rng(trainer):
+    result = run_bug(trainer, "moments not loaded")
+    result.stdout.fnmatch_lines(lines(
+        "  [training_state] 12 keys: optimizer state after the resumed run differs from the "
+        "uninterrupted run (not saved, or restored onto other parameters)",
+    ))
+    assert "RNG state" not in result.stdout.str()
+
+
+def test_a_save_that_writes_a_folder_is_read_for_the_hints(trainer):
+    run_bug(trainer, "folder with a missing step").stdout.fnmatch_lines(lines(
+        "  [training_state] 1 key: resuming after step 3, the code at trainer.py:* raised "
+        "KeyError: 'global_step': the checkpoint holds no `global_step`",
+        "      global_step",
+        '      raised at */trainer.py:* in resume: return State(model, optimizer, scheduler, '
+        'checkpoint["global_step"])',
+        "      the checkpoint's top-level entries: model, optimizer, rng, scheduler",
+        "      the checkpoint folder holds: model.pt (model); trainer_state.pt (optimizer, rng, "
+        "scheduler)",
+    ))
+
+
+def test_a_resume_refused_by_weights_only_names_the_globals(trainer):
+    pytest.importorskip("numpy")
+    result = run_bug(trainer, "numpy rng saved")
+    result.stdout.fnmatch_lines(lines(
+        "  [unsafe_pickle] * entr*: torch.load(weights_only=True) refuses the globals these "
+        "entries need; nothing from the file was executed",
+        "      ['numpy_rng']*: numpy.*",
+        "  [training_state] the resume path raised UnpicklingError: weights_only refused it: "
+        "Unsupported * (resuming after step 3)",
+        "      raised at */trainer.py:* in resume: checkpoint = torch.load(path, "
+        "weights_only=True)",
+        "      what save() wrote, */resume.ckpt, is refused by torch.load(weights_only=True):",
+        "fix: store plain Python values there*",
+    ))
+    assert "\x1b[" not in result.stdout.str()

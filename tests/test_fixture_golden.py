@@ -101,8 +101,8 @@ def test_every_golden_is_loaded_and_the_failure_names_which_torch_broke(project,
             "and dtypes): rename the attribute back, or map the old keys in the load path",
         ))
     result.stdout.fnmatch_lines([
-        f"fix: keep this published checkpoint loading (remap old keys in load=..., or accept "
-        f"old layouts, e.g. pytest_ckpt.compat.accept_any_weight_norm); if breaking it is "
+        f"fix: keep this published checkpoint loading (remap old keys in load=..., or map "
+        f"old layouts in a load_state_dict pre-hook of the model); if breaking it is "
         f"intended, delete {CURRENT}.pt or rewrite it under torch {torch_minor()} with: "
         f"pytest --ckpt-snapshot-update 'test_a.py::test_golden'"])
 

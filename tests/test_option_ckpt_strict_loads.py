@@ -58,8 +58,8 @@ def test_a_remap_slip_is_caught_with_the_flag(clap, mode):
     result = clap.runpytest("--ckpt-strict-loads", *mode)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(lines(
-        "test_a.py::test_load: load_state_dict(strict=False) into CLAP silently dropped keys "
-        "(called at */clap.py:*)",
+        "test_a.py::test_load: load_state_dict(strict=False) into CLAP silently dropped keys: "
+        "4 of 8 tensors changed (called at */clap.py:*)",
         "  [rename] 4 keys: text_branch_.* in the checkpoint is text_branch.* in the model*",
         "      text_branch_.{0,1}.bias",
         "      text_branch_.{0,1}.weight",
@@ -118,3 +118,62 @@ def test_strict_loads_are_not_touched(clap):
                 model.load_state_dict({})
     ''')
     clap.runpytest("--ckpt-strict-loads").assert_outcomes(passed=1)
+
+
+def test_a_slice_one_character_short_is_a_prefix_slip_not_a_partial_checkpoint(clap, mode):
+    clap.makepyfile(test_a='''
+        from clap import CLAP
+
+        def test_load():
+            upstream = {"sed_model." + k[len("audio_branch."):] if k.startswith("audio_branch.")
+                        else k: v for k, v in CLAP().state_dict().items()}
+            state = {"audio_branch." + k[9:] if k.startswith("sed_model.") else k: v
+                     for k, v in upstream.items()}  # key[10:] was meant
+            CLAP().load_state_dict(state, strict=False)
+    ''')
+    result = clap.runpytest("--ckpt-strict-loads", *mode)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "test_a.py::test_load: load_state_dict(strict=False) into CLAP silently dropped keys: "
+        "4 of 8 tensors changed (called at */test_a.py:*)",
+        "  [prefix] 4 keys: the checkpoint's keys start with 'audio_branch..' where the model's "
+        "start with 'audio_branch.': a key remap that is off (check the strings it replaces)",
+    ))
+    assert "missing_component" not in result.stdout.str()
+
+
+def test_a_whole_training_container_is_named_with_its_weights_entry(clap, mode):
+    clap.makepyfile(test_a='''
+        from clap import CLAP
+
+        def test_load():
+            weights = {"clap_model." + k: v for k, v in CLAP().state_dict().items()}
+            checkpoint = {"epoch": 3, "state_dict": weights, "optimizer": {}}
+            CLAP().load_state_dict(checkpoint, strict=False)
+    ''')
+    result = clap.runpytest("--ckpt-strict-loads", *mode)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "test_a.py::test_load: load_state_dict(strict=False) into CLAP silently dropped keys: "
+        "0 of 8 tensors changed (called at */test_a.py:*)",
+        "  [prefix] 8 keys: every key in the checkpoint carries the prefix 'clap_model.'*",
+        "  [not_loaded] load_state_dict was given the whole checkpoint (container: "
+        "{'state_dict': state_dict}; also epoch (int), optimizer (dict)): its weights sit under "
+        "['state_dict'], so nothing matched",
+    ))
+    assert "missing_component" not in result.stdout.str()
+
+
+def test_the_checks_own_loads_are_not_the_guards_business(clap, mode):
+    clap.makepyfile(test_a='''
+        from clap import CLAP, remap, upstream_checkpoint
+
+        def test_declared(ckpt):
+            ckpt.assert_loads(CLAP(), upstream_checkpoint(), allow_missing=["text_branch.*"],
+                              allow_unexpected=["text_model.*"])
+
+        def test_roundtrip(ckpt):
+            ckpt.roundtrip(CLAP(), snapshot=False,
+                           load=lambda model, state: model.load_state_dict(state, strict=False))
+    ''')
+    clap.runpytest("--ckpt-strict-loads", *mode).assert_outcomes(passed=2)

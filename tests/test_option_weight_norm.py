@@ -71,8 +71,13 @@ def test_legacy_model_cannot_load_parametrized_checkpoints_and_says_how_to_fix(h
         "(parametrizations.weight.original0/1) do not load into Head through load_state_dict",
         "      load_state_dict: RuntimeError: Unexpected key(s) in state_dict: "
         '"proj.0.parametrizations.weight.original0"*',
-        "      fix: call pytest_ckpt.compat.accept_any_weight_norm(model) in the model's "
-        "__init__*",
+        "      fix, plain torch, in the model's __init__: self._register_load_state_dict_pre_"
+        "hook(hook) (public register_load_state_dict_pre_hook from torch 2.5), where "
+        "hook(state_dict, prefix, *_) renames each key ending in "
+        "'parametrizations.weight.original0' / 'parametrizations.weight.original1' to "
+        "'weight_g' / 'weight_v'",
+        "      or, outside model code, pytest_ckpt.weight_norm.map_state_dict(state_dict, "
+        "model=model) before loading*",
     ))
 
 

@@ -38,7 +38,7 @@ def test_meta_round_trip_checks_keys_and_says_what_it_did_not_check(example_proj
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(lines(
         "checkpoint round-trip of Llama through 'meta' failed: RuntimeError: Error(s) in "
-        "loading state_dict for Llama:",
+        "loading state_dict for Llama: (at test_meta.py:*)",
         "  [rename] 288 keys: blocks.* in the state_dict the load path passed is layers.* in "
         "the model (same shapes and dtypes): rename the attribute back, or map the old keys in "
         "the load path",

@@ -23,7 +23,7 @@ REPORT_PROPERTY = "pytest_ckpt"  # the user_properties name of check results (re
 
 MARKER = "ckpt_roundtrip"
 MARKER_OPTIONS = ("formats", "inputs", "load", "snapshot", "name", "weight_norm", "loaders",
-                  "golden")
+                  "golden", "save_to", "load_from")
 RESUME_MARKER = "ckpt_resume"
 RESUME_OPTIONS = ("steps", "at")
 STRICT_MARKER = "ckpt_strict_loads"
@@ -58,7 +58,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{MARKER}(formats=('torch',), inputs=None, load=None, snapshot=True, name=None, "
-        "weight_norm='auto', loaders=('load_state_dict',), golden=False): "
+        "weight_norm='auto', loaders=('load_state_dict',), golden=False, save_to=None, "
+        "load_from=None): "
         "the test returns a model; pytest-ckpt saves it, loads it into a fresh instance "
         "(the test called again) and requires identical keys, values and outputs")
     config.addinivalue_line(

@@ -81,4 +81,6 @@ def test_findings_serialise_with_their_folded_keys():
     finding = Finding("missing", ("l.0.w", "l.1.w"), "gone")
     assert finding.to_json() == {"kind": "missing", "keys": ["l.0.w", "l.1.w"],
                                  "folded": ["l.{0,1}.w"], "hint": "gone", "details": [],
-                                 "related": []}
+                                 "related": [], "fix": None}
+    fixed = Finding("missing", (), "gone", fix="fix: put it back")
+    assert fixed.to_json()["fix"] == "fix: put it back"

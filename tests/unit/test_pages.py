@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_ckpt.checks.roundtrip import RoundtripSpec, run_roundtrip
+from pytest_ckpt.checks.roundtrip import run_roundtrip
+from pytest_ckpt.checks.roundtrip_format import RoundtripSpec
 from pytest_ckpt.formats.pages import PAGE, release, released_as_loaded, settle
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),

@@ -90,6 +90,20 @@ def fingerprint(tensor: torch.Tensor) -> torch.Tensor:
     return sample.clone()
 
 
+def digest(tensor: torch.Tensor) -> tuple[str, tuple[int, ...], bytes] | None:
+    """dtype, shape and a hash of the bits: equal for tensors holding the same value (``None``
+    for a tensor without data: meta, or empty)."""
+    import hashlib
+
+    if tensor.device.type == "meta" or tensor.numel() == 0:
+        return None
+    data = bits(tensor).contiguous()
+    if data.device.type != "cpu":
+        data = data.cpu()
+    hashed = hashlib.blake2b(data.numpy().tobytes(), digest_size=16).digest()
+    return str(tensor.dtype), tuple(tensor.shape), hashed + repr(_qparams(tensor)).encode()
+
+
 def poisoned_value(reference: torch.Tensor) -> torch.Tensor | None:
     """A tensor like ``reference`` whose every element differs from it bitwise (its bits
     inverted; a flipped bool); ``None`` where none can be made (sparse, empty)."""

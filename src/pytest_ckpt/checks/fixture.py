@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pytest_ckpt.checkpoint.manifest import Manifest
     from pytest_ckpt.checkpoint.schema import Schema
     from pytest_ckpt.checks.golden import GoldenOutcome
-    from pytest_ckpt.checks.roundtrip import FormatOutcome
+    from pytest_ckpt.checks.roundtrip_format import FormatOutcome
 
 
 @final
@@ -49,12 +49,17 @@ class CheckpointChecks:
                   formats: Any = ("torch",), inputs: Callable[[], Any] | None = None,
                   load: Callable[..., Any] | None = None, snapshot: bool = True,
                   name: str | None = None, weight_norm: Any = "auto",
-                  loaders: Any = ("load_state_dict",)) -> list[FormatOutcome]:
-        """Run the round-trip contract; fail with the findings of every failing format."""
+                  loaders: Any = ("load_state_dict",),
+                  save_to: Callable[..., Any] | None = None,
+                  load_from: Callable[..., Any] | None = None) -> list[FormatOutcome]:
+        """Run the round-trip contract; fail with the findings of every failing format.
+        ``save_to(model, path)`` and ``load_from(target, path)`` are the project's own saver
+        and loader (``load(target, state_dict)`` a state_dict loader)."""
         __tracebackhide__ = True
         return roundtrip.roundtrip(self._context, model, factory=factory, formats=formats,
                                    inputs=inputs, load=load, snapshot=snapshot, name=name,
-                                   weight_norm=weight_norm, loaders=loaders)
+                                   weight_norm=weight_norm, loaders=loaders, save_to=save_to,
+                                   load_from=load_from)
 
     def assert_manifest(self, obj: torch.nn.Module | Mapping[str, Any] | str | Path, *,
                         name: str | None = None, safe_globals: Sequence[Any] = ()) -> Manifest:
@@ -67,12 +72,15 @@ class CheckpointChecks:
     def assert_loads(self, model: torch.nn.Module, checkpoint: Mapping[str, Any] | str | Path,
                      *, allow_missing: Any = (), allow_unexpected: Any = (),
                      load: Callable[..., Any] | None = None,
+                     load_from: Callable[..., Any] | None = None,
                      safe_globals: Sequence[Any] = ()) -> None:
-        """Load ``checkpoint`` into ``model`` and fail on anything not declared (see
+        """Load ``checkpoint`` into ``model`` through ``load(model, state_dict)``,
+        ``load_from(model, path)`` (the project's loader) or ``load_state_dict(strict=False)``
+        and fail on anything not declared, judged on values (see
         :func:`pytest_ckpt.checks.loads.assert_loads`)."""
         __tracebackhide__ = True
         loads.assert_loads(self._context, model, checkpoint, allow_missing=allow_missing,
-                           allow_unexpected=allow_unexpected, load=load,
+                           allow_unexpected=allow_unexpected, load=load, load_from=load_from,
                            safe_globals=safe_globals)
 
     def assert_schema(self, checkpoint: Mapping[str, Any] | str | Path, *,
@@ -97,14 +105,17 @@ class CheckpointChecks:
     def golden(self, model: torch.nn.Module, *, name: str | None = None,
                inputs: Callable[[], Any] | None = None, load: Callable[..., Any] | None = None,
                factory: Callable[[], torch.nn.Module] | None = None,
-               max_bytes: int | str | None = None) -> list[GoldenOutcome]:
+               max_bytes: int | str | None = None,
+               save_to: Callable[..., Any] | None = None,
+               load_from: Callable[..., Any] | None = None) -> list[GoldenOutcome]:
         """Load every golden checkpoint of this test (one per torch minor version) into a
         fresh ``factory()`` (default: a poisoned copy of ``model``) through ``load`` and
         require keys, values and the output fingerprint on ``inputs`` to match; with
         --ckpt-snapshot-update, first write this torch version's golden of ``model``."""
         __tracebackhide__ = True
         return golden.golden(self._context, model, name=name, inputs=inputs, load=load,
-                             factory=factory, max_bytes=max_bytes)
+                             factory=factory, max_bytes=max_bytes, save_to=save_to,
+                             load_from=load_from)
 
     def run_marked_test(self, function: Callable[..., Any], arguments: dict[str, Any],
                         options: dict[str, Any]) -> None:

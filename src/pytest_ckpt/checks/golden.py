@@ -18,7 +18,7 @@ from pytest_ckpt.checks.outputs import make_inputs, model_outputs
 from pytest_ckpt.checks.targets import poisoned_copy, prepare_target, value_findings
 from pytest_ckpt.diagnosis.engine import diagnose
 from pytest_ckpt.diagnosis.findings import Finding, render_failure, sort_findings
-from pytest_ckpt.errors import CheckpointReadError, CkptUsageError, first_line
+from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
 from pytest_ckpt.record import goldens
 from pytest_ckpt.record.goldens import fingerprints
 from pytest_ckpt.record.snapshots import SnapshotWriteError, relative
@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 def golden(context: CheckContext, model: torch.nn.Module, *, name: str | None = None,
            inputs: Callable[[], Any] | None = None, load: Callable[..., Any] | None = None,
            factory: Callable[[], torch.nn.Module] | None = None,
-           max_bytes: int | str | None = None, seed: int | None = None) -> list[GoldenOutcome]:
+           max_bytes: int | str | None = None, seed: int | None = None,
+           save_to: Callable[..., Any] | None = None,
+           load_from: Callable[..., Any] | None = None) -> list[GoldenOutcome]:
     """Load every golden checkpoint of this test into a fresh ``factory()`` (default: a
     poisoned copy of ``model``) through ``load`` and require keys, values and the output
     fingerprint on ``inputs`` to match; with --ckpt-snapshot-update, first write this torch
@@ -43,14 +45,18 @@ def golden(context: CheckContext, model: torch.nn.Module, *, name: str | None = 
     context.usage(_real_module, model)
     directory = goldens.golden_directory(_claim_golden(context, name))
     sample = context.usage(make_inputs, inputs)
+    if load is not None and load_from is not None:
+        context.fail(f"ckpt.golden used wrongly in {context.nodeid}: pass load= (given the "
+                     "state_dict) or load_from= (given the path), not both")
     if context.update:
         _write_golden(context, model, sample, directory, limit,
-                      torch.initial_seed() if seed is None else seed)
+                      torch.initial_seed() if seed is None else seed, save_to)
     found = goldens.goldens_in(directory)
     if not found:
         context.fail(f"no golden checkpoint for this test yet ({relative(directory)})\n"
                      f"create it with: {context.update_command}", check="golden")
-    outcomes = [_outcome(context, stored, model, sample, load, factory) for stored in found]
+    outcomes = [_outcome(context, stored, model, sample, (load, load_from), factory)
+                for stored in found]
     failed = [outcome for outcome in outcomes if not outcome.ok]
     if failed:
         context.fail("\n\n".join(_message(context, model, outcome) for outcome in failed))
@@ -58,11 +64,11 @@ def golden(context: CheckContext, model: torch.nn.Module, *, name: str | None = 
 
 
 def _outcome(context: CheckContext, stored: goldens.GoldenFile, model: torch.nn.Module,
-             sample: Any, load: Any, factory: Any) -> GoldenOutcome:
+             sample: Any, loaders: tuple[Any, Any], factory: Any) -> GoldenOutcome:
     __tracebackhide__ = True
     target = factory() if factory is not None else poisoned_copy(model)
     try:
-        outcome: GoldenOutcome = context.usage(check_golden, stored, target, sample, load)
+        outcome: GoldenOutcome = context.usage(check_golden, stored, target, sample, *loaders)
     except CheckpointReadError as error:
         outcome = GoldenOutcome(stored, "?", _refusal_findings(error),
                                 unreadable=error.headline)
@@ -72,11 +78,12 @@ def _outcome(context: CheckContext, stored: goldens.GoldenFile, model: torch.nn.
 
 
 def _write_golden(context: CheckContext, model: torch.nn.Module, sample: Any,
-                  directory: Path, limit: int, seed: int) -> None:
+                  directory: Path, limit: int, seed: int, save_to: Any) -> None:
     __tracebackhide__ = True
     outputs = context.usage(model_outputs, model, sample, "the model given to golden")
+    written = _saved_by_project(context, model, save_to) if save_to is not None else None
     data, sidecar = goldens.serialise(model, sample, test=context.nodeid, seed=seed,
-                                      outputs=outputs)
+                                      outputs=outputs, data=written)
     try:
         goldens.write_golden(directory, data, sidecar, max_bytes=limit)
     except SnapshotWriteError as error:
@@ -86,6 +93,30 @@ def _write_golden(context: CheckContext, model: torch.nn.Module, sample: Any,
                      "fix: build the golden's model from a tiny config (few layers, small "
                      "widths), or raise the limit with max_bytes= or the ini option "
                      "ckpt_golden_max_bytes", check="golden")
+
+
+def _saved_by_project(context: CheckContext, model: torch.nn.Module, save_to: Any) -> bytes:
+    """The bytes the project's saver writes for ``model``: a golden is one file."""
+    __tracebackhide__ = True
+    from pytest_ckpt.checks.user_code import error_line, user_frame
+
+    path = context.folder("ckpt-golden-save") / "golden"
+    try:
+        save_to(model, path)
+    except Exception as error:  # the project's saver: its frame, not a traceback
+        frame = user_frame(error)
+        context.fail(f"the project's saver (save_to=) raised {error_line(error)} writing the "
+                     f"golden of {context.nodeid}"
+                     + (f"\n  raised at {frame.render()}" if frame else "")
+                     + "\nfix: make save_to(model, path) write the checkpoint to path",
+                     check="golden")
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "nothing"
+        context.fail(f"ckpt.golden used wrongly in {context.nodeid}: save_to= wrote {what} at "
+                     "the path it was given; a golden is one committed file\nfix: give "
+                     "ckpt.golden a saver that writes one file (a golden of a save_pretrained "
+                     "directory is not supported)", check="golden")
+    return path.read_bytes()
 
 
 def _message(context: CheckContext, model: torch.nn.Module, outcome: GoldenOutcome) -> str:
@@ -104,7 +135,7 @@ def _message(context: CheckContext, model: torch.nn.Module, outcome: GoldenOutco
                 f"{outcome.written_with}) no longer loads into {type(model).__name__} as "
                 f"it did: {why}")
     fix = (f"fix: keep this published checkpoint loading (remap old keys in load=..., or "
-           f"accept old layouts, e.g. pytest_ckpt.compat.accept_any_weight_norm); if "
+           f"map old layouts in a load_state_dict pre-hook of the model); if "
            f"breaking it is intended, delete {stored.path.name} or rewrite it under {update}")
     return render_failure(headline, outcome.findings, fix, color=context.color)
 
@@ -162,11 +193,12 @@ class GoldenOutcome:
 
 
 def check_golden(golden: goldens.GoldenFile, target: torch.nn.Module, inputs: Any,
-                 load: Callable[..., Any] | None) -> GoldenOutcome:
-    """Load ``golden`` into ``target`` (a fresh or poisoned model) through ``load`` and
-    compare keys, values and the output fingerprint with what the sidecar recorded."""
+                 load: Callable[..., Any] | None,
+                 load_from: Callable[..., Any] | None = None) -> GoldenOutcome:
+    """Load ``golden`` into ``target`` (a fresh or poisoned model) through ``load`` (given
+    the state_dict) or ``load_from`` (the project's loader, given the path) and compare keys,
+    values and the output fingerprint with what the sidecar recorded."""
     from pytest_ckpt.formats.files import read_bounded
-    from pytest_ckpt.formats.torch_zip import load_weights_only, state_dict_of
 
     sidecar = golden.provenance()
     written_with = f"torch {sidecar['torch']}, pytest-ckpt {sidecar['pytest_ckpt']}"
@@ -175,25 +207,75 @@ def check_golden(golden: goldens.GoldenFile, target: torch.nn.Module, inputs: An
         raise CheckpointReadError(golden.path, f"does not match the sha256 in "
                                   f"{golden.sidecar.name}: it changed after it was written "
                                   "(or an update was interrupted between the two files)")
-    state = state_dict_of(load_weights_only(golden.path), golden.path)
-    saved = Manifest.from_state_dict(state)
-    before = prepare_target(target, state)
-    try:
-        (load or _strict_load)(target, state)
-    except Exception as error:  # the load path failed: diagnose, then report it
-        return GoldenOutcome(golden, written_with, tuple(_key_findings(saved, target)),
-                             f"{type(error).__name__}: {first_line(error, limit=300)}")
-    findings = _key_findings(saved, target) if load is None else []
-    findings += value_findings(state, target.state_dict(keep_vars=True), before)
-    note = None
+    state = _state_of(golden, tolerant=load_from is not None)
+    saved = Manifest.from_state_dict(state) if state is not None else _recorded(sidecar)
+    before = prepare_target(target, state or {})
+    model, failure = _load_golden(target, state, saved, golden.path, load, load_from)
+    if failure is not None:
+        return GoldenOutcome(golden, written_with, failure[0], failure[1])
+    findings = _key_findings(saved, model) if load is None else []
+    if state is not None:
+        findings += value_findings(state, model.state_dict(keep_vars=True),
+                                   before if model is target else {})
+    note = None if state is not None else (
+        "values not compared: the golden cannot be read with weights_only=True (its outputs "
+        "and keys were)")
     if sidecar.get("outputs") is not None and inputs is not None:
-        outputs = fingerprints(model_outputs(target, inputs, "the loaded model") or {})
+        outputs = fingerprints(model_outputs(model, inputs, "the loaded model") or {})
         findings += _output_findings(sidecar, inputs, outputs)
         bitwise = all(outputs.get(name, {}).get("sha256") == recorded["sha256"]
                       for name, recorded in sidecar["outputs"].items())
-        note = None if bitwise else (f"outputs within rtol {goldens.RTOL:g} of those recorded "
-                                     f"under torch {sidecar.get('torch')}, not bitwise equal")
+        note = note or (None if bitwise else (
+            f"outputs within rtol {goldens.RTOL:g} of those recorded under torch "
+            f"{sidecar.get('torch')}, not bitwise equal"))
     return GoldenOutcome(golden, written_with, tuple(sort_findings(findings)), note=note)
+
+
+def _state_of(golden: goldens.GoldenFile, *, tolerant: bool) -> dict[str, Any] | None:
+    """The golden's state_dict; with the project's loader, ``None`` when weights_only
+    refuses it (the loader still runs)."""
+    from pytest_ckpt.formats.torch_zip import load_weights_only, state_dict_of
+
+    try:
+        state: dict[str, Any] = state_dict_of(load_weights_only(golden.path), golden.path)
+    except CheckpointReadError:
+        if tolerant:
+            return None
+        raise
+    return state
+
+
+def _recorded(sidecar: dict[str, Any]) -> Manifest:
+    """The manifest the sidecar recorded when the golden was written."""
+    from pytest_ckpt.checkpoint.manifest import ManifestParseError
+
+    try:
+        return Manifest.parse("\n".join(sidecar.get("manifest", [])))
+    except ManifestParseError:
+        return Manifest(())
+
+
+def _load_golden(target: torch.nn.Module, state: dict[str, Any] | None, saved: Manifest,
+                 path: Path, load: Any, load_from: Any,
+                 ) -> tuple[torch.nn.Module, tuple[tuple[Finding, ...], str] | None]:
+    import torch
+
+    from pytest_ckpt.checks.own_loads import own_loads
+    from pytest_ckpt.checks.roundtrip_format import load_through
+
+    if load_from is None and state is not None:
+        return target, load_through(load or _strict_load, target, state, saved, "golden")
+    try:
+        with own_loads():
+            result = load_from(target, path) if load_from is not None else None
+    except Exception as error:  # the project's loader: findings with its frame
+        from pytest_ckpt.checks.user_code import error_line, raised_findings, user_frame
+
+        frame = user_frame(error)
+        line = error_line(error) + (f" (at {frame.short})" if frame else "")
+        return target, (tuple(raised_findings(error, model=target, handed=None,
+                                              container=state)), line)
+    return (result if isinstance(result, torch.nn.Module) else target), None
 
 
 def _strict_load(target: torch.nn.Module, state: dict[str, Any]) -> Any:

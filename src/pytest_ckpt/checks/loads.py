@@ -1,12 +1,11 @@
-"""``ckpt.assert_loads``, declared partial loads: a checkpoint may leave out or carry extra keys
-only where the test says so, and success is measured on values (every tensor the checkpoint
-provides must have reached the model; every tensor it does not provide must be a declared
-one)."""
+"""``ckpt.assert_loads``, declared partial loads judged on values: every tensor the checkpoint
+provides must reach the model (under any name: a loader may remap keys or torch's hooks convert
+them), every model tensor that holds no checkpoint value must be declared, and an exception
+of the project's loader is a finding with its frame, not a traceback."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,66 +13,132 @@ from typing import TYPE_CHECKING, Any
 from pytest_ckpt.checkpoint.facts import ModelFacts
 from pytest_ckpt.checkpoint.manifest import Manifest
 from pytest_ckpt.checks.context import CheckContext
+from pytest_ckpt.checks.load_runs import LoadRaised, LoadRun, run_load
 from pytest_ckpt.diagnosis.engine import diagnose
-from pytest_ckpt.diagnosis.findings import Finding, render_failure
+from pytest_ckpt.diagnosis.findings import Finding, fix_for, render_failure
+from pytest_ckpt.errors import CkptUsageError
 
 if TYPE_CHECKING:
     import torch
+
+FIX = ("fix: declare expected gaps with allow_missing=[...] / allow_unexpected=[...], or fix "
+       "the key mapping in the load path")
 
 
 def assert_loads(context: CheckContext, model: torch.nn.Module,
                  checkpoint: Mapping[str, Any] | str | Path, *, allow_missing: Any = (),
                  allow_unexpected: Any = (), load: Callable[..., Any] | None = None,
+                 load_from: Callable[..., Any] | None = None,
                  safe_globals: Sequence[Any] = ()) -> None:
-    """Load ``checkpoint`` into ``model`` through ``load`` (default
-    ``load_state_dict(strict=False)``) and fail on anything not declared: a tensor left out
-    that ``allow_missing`` does not cover, an extra key ``allow_unexpected`` does not cover, a
-    declaration that matches nothing (stale) or hides provided keys (over-broad), a provided
-    tensor whose value did not reach the model."""
+    """Load ``checkpoint`` into ``model`` through ``load(model, state_dict)``,
+    ``load_from(model, path)`` (the project's loader; a returned module is the loaded model)
+    or ``load_state_dict(strict=False)``, and fail on anything not declared: a model tensor
+    that holds no checkpoint value and ``allow_missing`` does not cover, a checkpoint tensor
+    that reached no model tensor and ``allow_unexpected`` does not cover, a declaration that
+    matches nothing (stale) or hides provided keys (over-broad), a provided tensor whose value
+    did not reach the model, an exception of the load path."""
     __tracebackhide__ = True
     missing_patterns = context.usage(patterns, allow_missing)
     unexpected_patterns = context.usage(patterns, allow_unexpected)
-    state = _state_dict_of(context, checkpoint, safe_globals)
-    before = Manifest.from_module(model)
-    facts = ModelFacts.from_module(model)
-    result = load_and_classify(model, state, load)
-    gaps = set(result.not_written) - set(state) - matched(missing_patterns, result.not_written)
-    extra = set(result.unexpected) - matched(unexpected_patterns, result.unexpected)
-    findings = diagnose(
-        Manifest.from_state_dict({k: state[k] for k in extra}),
-        Manifest(tuple(row for row in before if row.key in gaps)), facts=facts)
-    findings += declared_findings(result, state, allow_missing=missing_patterns,
-                                  allow_unexpected=unexpected_patterns)
-    context.record("loads", findings)
+    path = Path(checkpoint) if isinstance(checkpoint, (str, Path)) else None
+    context.usage(_one_loader, load, load_from, path)
+    state, manifest, container = _checkpoint(context, checkpoint, safe_globals,
+                                             tolerant=bool(load_from))
+    name = str(checkpoint) if path is not None else "the state_dict"
+    run = run_load(model, state, manifest, load=load, load_from=load_from, path=path,
+                   container=container)
+    if isinstance(run, LoadRaised):
+        findings = run.findings(model, state)
+        context.record("loads", findings, run.line)
+        context.fail(render_failure(
+            f"checkpoint {name} does not load into {type(model).__name__}: the load path "
+            f"raised {run.line}", findings, fix_for(findings, context.update_command,
+                                                     default=FIX), color=context.color),
+            check=None)
+    findings = _findings(run, manifest, missing_patterns, unexpected_patterns)
+    context.record("loads", findings, note=run.note)
     if findings:
-        name = checkpoint if isinstance(checkpoint, (str, Path)) else "the state_dict"
         context.fail(render_failure(
             f"checkpoint {name} does not load into {type(model).__name__} as declared",
-            findings, "fix: declare expected gaps with allow_missing=[...] / "
-            "allow_unexpected=[...], or fix the key mapping in the load path",
-            color=context.color))
+            findings, declaration_fix(findings, run.model, allow_missing) or fix_for(
+                findings, context.update_command, default=FIX), color=context.color))
 
 
-def _state_dict_of(context: CheckContext, checkpoint: Any,
-                   safe_globals: Sequence[Any]) -> dict[str, Any]:
+def declaration_fix(findings: list[Finding], model: torch.nn.Module,
+                    allow_missing: Any) -> str | None:
+    """When every finding is a whole component the checkpoint lacks (a partial checkpoint),
+    the exact declaration that accepts it."""
+    from pytest_ckpt.diagnosis.rules.structure import components
+
+    if not findings or any(finding.kind != "missing_component" for finding in findings):
+        return None
+    absent = {key for finding in findings for key in finding.keys}
+    declared = [allow_missing] if isinstance(allow_missing, str) else list(allow_missing)
+    wanted = [*declared, *sorted(f"{name}.*" for name in components(absent, model.state_dict()))]
+    return ("fix: if the checkpoint is partial by design, declare it: allow_missing=["
+            + ", ".join(f'"{pattern}"' for pattern in dict.fromkeys(wanted)) + "]")
+
+
+def _one_loader(load: Any, load_from: Any, path: Path | None) -> None:
+    if load is not None and load_from is not None:
+        raise CkptUsageError("pass load= (given the state_dict) or load_from= (given the "
+                             "path), not both")
+    if load_from is not None and path is None:
+        raise CkptUsageError("load_from= is given the checkpoint's path: pass a path, or "
+                             "use load= for a state_dict")
+
+
+def _checkpoint(context: CheckContext, checkpoint: Any, safe_globals: Sequence[Any], *,
+                tolerant: bool) -> tuple[dict[str, Any] | None, Manifest, Any]:
+    """The checkpoint's tensors, manifest and whole container. With the project's own
+    loader, a file that ``weights_only=True`` refuses is still given to it: then only its
+    manifest is known (read inertly) and values are not compared."""
     __tracebackhide__ = True
+    from pytest_ckpt.errors import CheckpointReadError
+    from pytest_ckpt.formats import read_checkpoint_manifest
+
+    if not isinstance(checkpoint, (str, Path)):
+        state = dict(checkpoint)
+        return state, Manifest.from_state_dict(state), checkpoint
+    path = Path(checkpoint)
+    if tolerant:
+        try:
+            return _read(path, safe_globals)
+        except CheckpointReadError:
+            manifest = context.reading("loads", lambda: read_checkpoint_manifest(path))
+            return None, manifest, None
+    result: tuple[dict[str, Any], Manifest, Any] = context.reading(
+        "loads", lambda: _read(path, safe_globals))
+    context.flag(path)
+    return result
+
+
+def _read(path: Path, safe_globals: Sequence[Any]) -> tuple[dict[str, Any], Manifest, Any]:
+    """(state_dict, manifest, container) of a checkpoint file or directory."""
+    from pytest_ckpt.formats import load_checkpoint
     from pytest_ckpt.formats.torch_zip import state_dict_of
 
-    loaded = context.loaded(checkpoint, "loads", safe_globals, tensors_only=True)
-    path = Path(str(checkpoint)) if isinstance(checkpoint, (str, Path)) else None
-    state: dict[str, Any] = context.reading("loads", lambda: state_dict_of(
-        loaded, path or Path("<state_dict>")))
-    return state
+    container = load_checkpoint(path, safe_globals)
+    if path.is_dir():  # a DCP directory: its flat entries, tensors and values
+        state = {key: value for key, value in container.items()
+                 if hasattr(value, "shape") and hasattr(value, "dtype")}
+    else:
+        state = state_dict_of(container, path)
+    return state, Manifest.from_state_dict(state), container
 
 
-def patterns(value: Any) -> tuple[str, ...]:
-    """``allow_missing`` / ``allow_unexpected``: one glob or a sequence of globs."""
-    from pytest_ckpt.errors import CkptUsageError
-
-    found = (value,) if isinstance(value, str) else tuple(value)
-    if not all(isinstance(pattern, str) for pattern in found):
-        raise CkptUsageError(f"allow_missing/allow_unexpected take key globs, got {value!r}")
-    return found
+def _findings(run: LoadRun, manifest: Manifest, missing_patterns: tuple[str, ...],
+              unexpected_patterns: tuple[str, ...]) -> list[Finding]:
+    provided = set(manifest.keys())
+    gaps = set(run.not_written) - provided - matched(missing_patterns, run.not_written)
+    unexpected = run.unexpected.keys()
+    extra = set(unexpected) - matched(unexpected_patterns, unexpected)
+    model = Manifest.from_module(run.model)
+    findings = diagnose(Manifest(tuple(row for row in run.unexpected if row.key in extra)),
+                        Manifest(tuple(row for row in model if row.key in gaps)),
+                        facts=ModelFacts.from_module(run.model))
+    return findings + declared_findings(run, provided, allow_missing=missing_patterns,
+                                        allow_unexpected=unexpected_patterns)
 
 
 def matches(pattern: str, key: str) -> bool:
@@ -88,97 +153,22 @@ def matched(patterns: Iterable[str], keys: Iterable[str]) -> set[str]:
     return {key for key in keys if any(matches(pattern, key) for pattern in patterns)}
 
 
-@dataclass(frozen=True)
-class LoadResult:
-    """Which of the model's tensors a load wrote, classified against the checkpoint."""
-
-    not_written: tuple[str, ...]  # model keys still at their pre-load value
-    wrong_value: tuple[str, ...]  # written, but not with the checkpoint's value
-    unexpected: tuple[str, ...]  # checkpoint keys the model does not have
-
-
-def load_and_classify(model: torch.nn.Module, state: Mapping[str, Any],
-                      load: Callable[[torch.nn.Module, dict[str, Any]], Any] | None,
-                      ) -> LoadResult:
-    """Poison the model (each tensor to differ in every element from the value the load
-    should write: the checkpoint's, or its own where the checkpoint has none), load through
-    ``load`` (default ``load_state_dict(strict=False)``), classify, then put back the original
-    values of the tensors still at their poison (so the model ends with exactly what the
-    load wrote)."""
-    import torch
-
-    from pytest_ckpt.checkpoint.values import poison_
-
-    tensors = {k: v for k, v in model.state_dict(keep_vars=True).items()
-               if isinstance(v, torch.Tensor)}
-    original = {key: tensor.detach().clone() for key, tensor in tensors.items()}
-    references: dict[int, torch.Tensor] = {}  # tied keys share one object: one poison
-    for key, tensor in sorted(tensors.items(), key=lambda item: item[0] not in state):
-        references.setdefault(id(tensor), _reference(state.get(key), original[key]))
-    for tensor in {id(tensor): tensor for tensor in tensors.values()}.values():
-        poison_(tensor, avoid=references[id(tensor)])
-    report = (load or (lambda m, s: m.load_state_dict(s, strict=False)))(model, dict(state))
-    after = model.state_dict(keep_vars=True)
-    not_written = tuple(sorted(
-        key for key, tensor in tensors.items() if after.get(key) is tensor
-        and _at_poison(tensor, references[id(tensor)])))
-    wrong = tuple(sorted(key for key in tensors if key not in not_written
-                         and key in after and not _holds(after[key], state.get(key))))
-    with torch.no_grad():
-        for key in not_written:
-            after[key].copy_(original[key])
-    # load_state_dict's own report knows about keys its hooks converted (weight_norm compat)
-    unexpected = getattr(report, "unexpected_keys", None)
-    if unexpected is None:
-        unexpected = set(state) - set(tensors)
-    return LoadResult(not_written, wrong, tuple(sorted(unexpected)))
+def patterns(value: Any) -> tuple[str, ...]:
+    """``allow_missing`` / ``allow_unexpected``: one glob or a sequence of globs."""
+    found = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(pattern, str) for pattern in found):
+        raise CkptUsageError(f"allow_missing/allow_unexpected take key globs, got {value!r}")
+    return found
 
 
-def _reference(provided: Any, own: torch.Tensor) -> torch.Tensor:
-    """The value a load should write into a tensor whose own value is ``own``: the
-    checkpoint's when it provides one of the same shape and dtype."""
-    import torch
-
-    if isinstance(provided, torch.Tensor) and provided.shape == own.shape \
-            and provided.dtype == own.dtype and provided.is_quantized == own.is_quantized:
-        return provided
-    return own
-
-
-def _at_poison(tensor: torch.Tensor, reference: torch.Tensor) -> bool:
-    """Whether ``tensor`` still holds the poison made for ``reference`` (recomputed: the
-    poison is a function of the reference). An empty tensor has nothing to write."""
-    from pytest_ckpt.checkpoint.values import bitwise_equal, poisoned_value
-
-    poison = poisoned_value(reference)
-    return poison is not None and bitwise_equal(tensor, poison)
-
-
-def _holds(tensor: Any, provided: Any) -> bool:
-    """Whether a written model tensor holds the checkpoint's value (cast to its dtype, as
-    ``load_state_dict`` does); ``True`` when the checkpoint provides none under that key."""
-    import torch
-
-    from pytest_ckpt.checkpoint.values import bitwise_equal
-
-    if not isinstance(provided, torch.Tensor) or not isinstance(tensor, torch.Tensor):
-        return True
-    if provided.shape != tensor.shape:
-        return False
-    if provided.dtype != tensor.dtype and not (provided.is_quantized or tensor.is_quantized):
-        provided = provided.to(tensor.dtype)
-    return bitwise_equal(tensor, provided)
-
-
-def declared_findings(result: LoadResult, state_keys: Iterable[str], *,
-                      allow_missing: tuple[str, ...], allow_unexpected: tuple[str, ...],
-                      ) -> list[Finding]:
+def declared_findings(run: LoadRun, provided: set[str], *, allow_missing: tuple[str, ...],
+                      allow_unexpected: tuple[str, ...]) -> list[Finding]:
     """Findings for declarations that are stale or over-broad, and for undeclared gaps."""
-    provided = set(state_keys)
-    missing = set(result.not_written)
+    missing = set(run.not_written)
+    unexpected = run.unexpected.keys()
     findings = []
     for pattern in allow_missing:
-        hidden = matched([pattern], provided - set(result.unexpected))
+        hidden = matched([pattern], provided - set(unexpected))
         if not matched([pattern], missing):
             findings.append(_stale("allow_missing", pattern, "no tensor the load left out"))
         elif hidden:
@@ -186,19 +176,20 @@ def declared_findings(result: LoadResult, state_keys: Iterable[str], *,
                 f"allow_missing={pattern!r} is over-broad: it also covers "
                 f"{len(hidden)} keys the checkpoint does provide")))
     for pattern in allow_unexpected:
-        if not matched([pattern], result.unexpected):
+        if not matched([pattern], unexpected):
             findings.append(_stale("allow_unexpected", pattern, "no unexpected checkpoint key"))
     silent = sorted((missing & provided) - matched(allow_missing, missing & provided))
     if silent:
         findings.append(Finding("not_loaded", tuple(silent), (
             "the checkpoint provides these tensors but the load left them at their initial "
             "value (a key remap or a strict=False load dropped them)")))
-    if result.wrong_value:
-        findings.append(Finding("value", result.wrong_value,
+    if run.wrong_value:
+        findings.append(Finding("value", run.wrong_value,
                                 "loaded, but not with the checkpoint's value"))
     return findings
 
 
 def _stale(option: str, pattern: str, what: str) -> Finding:
     return Finding("missing", (), f"{option}={pattern!r} is stale: it matches {what}; "
-                                  "remove it from the declaration")
+                                  "remove it from the declaration",
+                   fix=f"fix: remove {pattern!r} from {option}= (the load no longer needs it)")

@@ -53,7 +53,8 @@ def run_marked_test(context: CheckContext, function: Callable[..., Any],
     if with_golden:
         try:
             golden(context, model, name=options.get("name"), inputs=options.get("inputs"),
-                   load=options.get("load"), factory=fresh_instance, seed=GOLDEN_SEED)
+                   load=options.get("load"), factory=fresh_instance, seed=GOLDEN_SEED,
+                   save_to=options.get("save_to"), load_from=options.get("load_from"))
         except pytest.fail.Exception as failure:
             failures.append(str(failure.msg))
     if failures:

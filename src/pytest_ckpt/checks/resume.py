@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import random
 import sys
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -21,10 +20,13 @@ from pytest_ckpt.checks.resume_findings import (
     ResumeFailure,
     Trace,
     compare,
-    failure_finding,
+    failure_findings,
+    has_scheduler,
+    loop_state,
+    loop_state_findings,
     moved,
-    one_line,
     order_findings,
+    read_saved,
 )
 from pytest_ckpt.diagnosis.findings import Finding, render_failure
 from pytest_ckpt.errors import CkptUsageError
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     import torch
 
 SEED = 1234
+RESUME_FIX = ("fix: save and restore everything the next step depends on (model, optimizer, "
+              "scheduler, step counters, RNG), with the optimizer over the same parameters in "
+              "the same order")
 
 
 @runtime_checkable
@@ -54,13 +59,19 @@ def run_resume_check(harness: TrainingHarness, *, steps: int, at: int,
     """Run ``steps`` uninterrupted, and ``at`` + save + resume + the rest; compare."""
     if not 0 < at < steps:
         raise CkptUsageError(f"need 0 < at < steps, got steps={steps}, at={at}")
-    baseline = _run(harness, steps)
+    baseline, used, failed = _run(harness, steps)
+    if failed is not None:
+        return failure_findings(failed, None, None)
     path = directory / "resume.ckpt"
-    interrupted, orders, failure = _run_interrupted(harness, steps, at, path)
-    moved_params = moved(*orders)
-    if failure is not None:
-        return [failure_finding(failure, path), *order_findings(moved_params)]
-    return compare(baseline, interrupted, at, path) + order_findings(moved_params)
+    run = _run_interrupted(harness, steps, at, path, used)
+    moved_params = moved(run.saved_order, run.resumed_order)
+    if run.failure is not None:
+        return [*failure_findings(run.failure, read_saved(path), run.model),
+                *order_findings(moved_params)]
+    findings = compare(baseline, run.trace, at, path, scheduler=run.scheduler)
+    if findings:
+        findings = loop_state_findings(run.loop_saved, run.loop_resumed) + findings
+    return findings + order_findings(moved_params)
 
 
 def _seed_everything(seed: int) -> None:
@@ -73,18 +84,22 @@ def _seed_everything(seed: int) -> None:
         numpy.random.seed(seed % 2**32)
 
 
-def _run(harness: TrainingHarness, steps: int) -> Trace:
+def _run(harness: TrainingHarness, steps: int,
+         ) -> tuple[Trace, set[str], ResumeFailure | None]:
+    """The uninterrupted run, and the RNGs its steps draw from."""
     _seed_everything(SEED)
-    state = harness.build()
     trace = Trace()
-    before = _rng_states()
-    for _ in range(steps):
-        _record_step(trace, harness, state)
+    try:
+        state = harness.build()
+        before = _rng_states()
+        for _ in range(steps):
+            _record_step(trace, harness, state)
+    except Exception as error:
+        return trace, set(), ResumeFailure(len(trace.losses), error, uninterrupted=True)
     used = {name for name, value in _rng_states().items() if not _same_state(value,
                                                                               before[name])}
-    _finish(trace, state)
-    trace.draws = {name: draws for name, draws in trace.draws.items() if name in used}
-    return trace
+    _finish(trace, state, used)
+    return trace, used, None
 
 
 def _rng_states() -> dict[str, Any]:
@@ -108,27 +123,50 @@ def _same_state(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
+@dataclass
+class _Interrupted:
+    """The run saved after ``at`` steps and resumed: its trace and what was seen around the
+    save."""
+
+    trace: Trace
+    saved_order: list[str]
+    resumed_order: list[str] = field(default_factory=list)
+    failure: ResumeFailure | None = None
+    model: Any = None  # the model at save time (its buffer names explain lookups)
+    scheduler: bool = False  # the training state holds a torch LR scheduler
+    loop_saved: dict[str, object] = field(default_factory=dict)
+    loop_resumed: dict[str, object] = field(default_factory=dict)
+
+
 def _run_interrupted(harness: TrainingHarness, steps: int, at: int, path: Path,
-                     ) -> tuple[Trace, tuple[list[str], list[str]], ResumeFailure | None]:
+                     used: set[str]) -> _Interrupted:
     _seed_everything(SEED)
     state = harness.build()
     trace = Trace()
     for _ in range(at):
         _record_step(trace, harness, state)
     harness.save(state, path)
-    saved_order, resumed_order = _optimizer_order(state), []
+    run = _Interrupted(trace, _optimizer_order(state), model=_model_of(state),
+                       scheduler=has_scheduler(state), loop_saved=loop_state(state))
     del state
     _seed_everything(SEED + 7919)  # a fresh process: RNG state comes from the checkpoint or not
     try:
         state = harness.resume(path)
-        resumed_order = _optimizer_order(state)
+        run.resumed_order = _optimizer_order(state)
+        run.loop_resumed = loop_state(state)
         for _ in range(steps - at):
             _record_step(trace, harness, state)
     except Exception as error:
-        return trace, (saved_order, resumed_order), ResumeFailure(
-            len(trace.losses), one_line(error), _user_frame(error))
-    _finish(trace, state)
-    return trace, (saved_order, resumed_order), None
+        run.failure = ResumeFailure(len(trace.losses), error)
+        return run
+    _finish(trace, state, used)
+    return run
+
+
+def _model_of(state: Any) -> Any:
+    import torch
+
+    return state if isinstance(state, torch.nn.Module) else getattr(state, "model", None)
 
 
 def _record_step(trace: Trace, harness: TrainingHarness, state: Any) -> None:
@@ -139,19 +177,24 @@ def _record_step(trace: Trace, harness: TrainingHarness, state: Any) -> None:
         trace.lrs.append(tuple(float(group["lr"]) for group in optimizer.param_groups))
 
 
-def _finish(trace: Trace, state: Any) -> None:
+def _finish(trace: Trace, state: Any, used: set[str]) -> None:
+    """Record the state after the last step, and the next draws of the RNGs in ``used`` (the
+    ones the uninterrupted run's steps consumed; the others cannot explain a divergence)."""
     import torch
 
-    model = state if isinstance(state, torch.nn.Module) else getattr(state, "model", None)
+    model = _model_of(state)
     if model is not None:
         trace.params = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer = getattr(state, "optimizer", None)
     if optimizer is not None:
         trace.optimizer = _flatten_tensors(optimizer.state_dict()["state"], "state")
-    trace.draws = {"torch": torch.rand(4).tolist(), "random": [random.random() for _ in range(4)]}
+    draws: dict[str, Callable[[], list[float]]] = {
+        "torch": lambda: torch.rand(4).tolist(),
+        "random": lambda: [random.random() for _ in range(4)]}
     numpy = sys.modules.get("numpy")
     if numpy is not None:
-        trace.draws["numpy"] = numpy.random.rand(4).tolist()
+        draws["numpy"] = lambda: numpy.random.rand(4).tolist()
+    trace.draws = {name: draw() for name, draw in draws.items() if name in used}
 
 
 def _flatten_tensors(value: Any, prefix: str) -> dict[str, torch.Tensor]:
@@ -174,14 +217,6 @@ def _optimizer_order(state: Any) -> list[str]:
         return []
     names = {id(p): name for name, p in model.named_parameters()}
     return [names.get(id(p), "?") for group in optimizer.param_groups for p in group["params"]]
-
-
-def _user_frame(error: BaseException) -> str:
-    """The innermost frame outside torch and this plugin: the user's line that raised."""
-    frames = traceback.extract_tb(error.__traceback__)
-    mine = [f for f in frames if "/torch/" not in f.filename and "pytest_ckpt" not in f.filename]
-    frame = (mine or frames)[-1] if frames else None
-    return f"{frame.filename}:{frame.lineno} in {frame.name}: {frame.line}" if frame else "?"
 
 
 def harness_from(harness: Any = None, *, build: Callable[[], Any] | None = None,
@@ -243,6 +278,5 @@ def assert_resumes(context: CheckContext, harness: Any = None, *,
         context.fail(render_failure(
             f"resumed training does not continue like the uninterrupted run ({steps} "
             f"steps, saved and resumed after step {at})", findings,
-            "fix: save and restore everything the next step depends on (model, optimizer, "
-            "scheduler, step counters, RNG), with the optimizer over the same parameters "
-            "in the same order", color=context.color))
+            next((finding.fix for finding in findings if finding.fix), RESUME_FIX),
+            color=context.color))

@@ -4,13 +4,16 @@ likely cause, state that differs after the run, optimizer state matched by posit
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.checkpoint.values import bitwise_equal
+from pytest_ckpt.checks.user_code import error_line, frame_container, lookup_findings, user_frame
 from pytest_ckpt.diagnosis.findings import Finding
-from pytest_ckpt.errors import first_line
+from pytest_ckpt.errors import CheckpointReadError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -33,36 +36,138 @@ class Trace:
 
 @dataclass(frozen=True)
 class ResumeFailure:
-    """The resume path raised: where, at which step, and what the checkpoint held."""
+    """The project's training code raised: in which run, after how many steps, and what."""
 
     step: int
-    error: str
-    location: str
+    error: BaseException
+    uninterrupted: bool = False  # raised in the uninterrupted run (no resume involved)
 
 
-def failure_finding(failure: ResumeFailure, path: Path) -> Finding:
-    from pytest_ckpt.checkpoint.schema import Schema
+@dataclass(frozen=True)
+class Saved:
+    """What ``save()`` wrote, read weights-only: the container of a file, or for a directory
+    one container per checkpoint file in it (by relative name)."""
+
+    container: Any
+    files: dict[str, Any]
+    refused: CheckpointReadError | None  # a weights_only refusal (globals it needs)
+    unreadable: str | None  # why nothing could be read
+
+    @property
+    def rows(self) -> dict[str, Any]:
+        from pytest_ckpt.checkpoint.schema import Schema
+
+        rows: dict[str, Any] = {}
+        for name, container in self.files.items():
+            for key, value in Schema.of(container).as_dict().items():
+                rows[f"{name}:{key}" if len(self.files) > 1 else key] = value
+        return rows
+
+    def held(self) -> str:
+        if not self.files:
+            return f"the checkpoint could not be read weights-only: {self.unreadable}"
+        if len(self.files) == 1 and "" in self.files:
+            return f"the checkpoint holds: {_tops(self.container)}"
+        return "the checkpoint folder holds: " + "; ".join(
+            f"{name} ({_tops(container)})" for name, container in list(self.files.items())[:6])
+
+
+def _tops(container: Any) -> str:
+    if isinstance(container, dict):
+        return ", ".join(sorted(str(key) for key in container)[:12]) or "an empty dict"
+    return type(container).__name__
+
+
+MAX_SAVED_FILES = 32
+
+
+def read_saved(path: Path) -> Saved:
+    """Read what the save wrote at ``path`` (a file, or a directory of files)."""
     from pytest_ckpt.formats.torch_zip import load_weights_only
 
-    try:
-        schema = Schema.of(load_weights_only(path))
-        top = [p for p, _ in schema.rows if p != "<root>" and "." not in p and "[" not in p]
-        held = f"the checkpoint holds: {', '.join(top) or schema.container}"
-    except Exception as error:
-        held = f"the checkpoint could not be read weights-only: {one_line(error)}"
-    hint = f"the resume path raised {failure.error} (resuming after step {failure.step})"
-    if "initial_lr" in failure.error:
-        hint += ("; a scheduler built with last_epoch >= 0 needs 'initial_lr' in every "
-                 "param_group: load the optimizer state before building the scheduler")
-    return Finding("training_state", (), hint, (f"raised at {failure.location}", held))
+    if not path.exists():
+        return Saved(None, {}, None, f"save() wrote nothing at {path}")
+    candidates = ([("", path)] if not path.is_dir() else
+                  [(str(item.relative_to(path)), item) for item in
+                   sorted(islice((p for p in path.rglob("*") if p.is_file()
+                                  and not p.is_symlink()), MAX_SAVED_FILES))])
+    files: dict[str, Any] = {}
+    refused: CheckpointReadError | None = None
+    unreadable: str | None = None
+    for name, item in candidates:
+        try:
+            files[name] = load_weights_only(item)
+        except CheckpointReadError as error:
+            refused = refused or (error if error.unsafe else None)
+            unreadable = unreadable or error_line(error, 200)
+    if path.is_dir() and not candidates:
+        unreadable = f"save() wrote an empty directory at {path}"
+    container = files.get("") if "" in files else _merged(files)
+    return Saved(container, files, refused, unreadable)
 
 
-def compare(baseline: Trace, resumed: Trace, at: int, path: Path) -> list[Finding]:
+def _merged(files: dict[str, Any]) -> Any:
+    """A folder's files as one container, as a resume that reads them all sees it (the
+    files' top-level entries side by side), or by file name when some are not dicts."""
+    if files and all(isinstance(container, dict) for container in files.values()):
+        return {key: value for container in files.values() for key, value in container.items()}
+    return files or None
+
+
+def failure_findings(failure: ResumeFailure, saved: Saved | None,
+                     model: torch.nn.Module | None) -> list[Finding]:
+    """The findings for training code that raised: the frame, the error, and what the
+    checkpoint (or, in the uninterrupted run, the code's own objects) held."""
+    from pytest_ckpt.formats.torch_zip import unsafe_finding
+
+    error = failure.error
+    frame = user_frame(error)
+    where = f"raised at {frame.render()}" if frame else "raised in the training code"
+    if failure.uninterrupted:
+        run = (f"the uninterrupted run raised {error_line(error, 160)} at step "
+               f"{failure.step + 1}, before any save or resume")
+        holder, container = frame_container(error)
+        found = lookup_findings(error, frame, container, model, holder=holder or "")
+        if found and holder is not None:
+            return [Finding(finding.kind, finding.keys, (
+                f"the uninterrupted run (before any save or resume) at step "
+                f"{failure.step + 1}: {finding.hint}"), finding.details, finding.related,
+                finding.fix) for finding in found]
+        return [Finding("training_state", (), run, (where,), fix=(
+            "fix: the training code fails on its own, without a resume: fix the frame above "
+            "(pytest-ckpt compares runs only once both complete)"))]
+    assert saved is not None
+    hint = (f"the resume path raised {error_line(error, 160)} (resuming after step "
+            f"{failure.step})")
+    if saved.refused is not None:
+        from pytest_ckpt.formats.torch_zip import read_failure
+
+        fix = read_failure(saved.refused)[0].splitlines()[-1]
+        return [Finding("training_state", (), hint, (
+            where, f"what save() wrote, {saved.refused.path}, is refused by "
+                   "torch.load(weights_only=True):"), fix=fix), unsafe_finding(saved.refused)]
+    if isinstance(error, pickle.UnpicklingError):
+        return [Finding("training_state", (), hint, (where, saved.held()))]
+    if "initial_lr" in str(error):
+        return [Finding("training_state", (), hint + (
+            "; a scheduler built with last_epoch >= 0 needs 'initial_lr' in every param_group: "
+            "load the optimizer state before building the scheduler"), (where, saved.held()))]
+    found = lookup_findings(error, frame, saved.container, model)
+    if found and any(finding.fix for finding in found):
+        return [Finding(finding.kind, finding.keys,
+                        f"resuming after step {failure.step}, {finding.hint}",
+                        (*finding.details, saved.held()), finding.related, finding.fix)
+                for finding in found]
+    return [Finding("training_state", (), hint, (where, saved.held()))]
+
+
+def compare(baseline: Trace, resumed: Trace, at: int, path: Path, *,
+            scheduler: bool = True) -> list[Finding]:
     findings = []
     lr_step = _first_difference(baseline.lrs, resumed.lrs)
     loss_step = _first_difference(baseline.losses, resumed.losses)
     if lr_step is not None:
-        findings.append(_lr_finding(baseline, resumed, lr_step, path))
+        findings.append(_lr_finding(baseline, resumed, lr_step, path, scheduler))
     if loss_step is not None and (lr_step is None or loss_step < lr_step):
         findings.append(Finding("training_state", (), (
             f"the loss diverged first at step {loss_step + 1} (resumed after step {at}): "
@@ -79,26 +184,87 @@ def _first_difference(left: list[Any], right: list[Any]) -> int | None:
     return None if len(left) == len(right) else min(len(left), len(right))
 
 
-def _lr_finding(baseline: Trace, resumed: Trace, index: int, path: Path) -> Finding:
-    from pytest_ckpt.checkpoint.schema import Schema
-    from pytest_ckpt.formats.torch_zip import load_weights_only
-
-    try:
-        rows = Schema.of(load_weights_only(path)).as_dict()
-    except Exception:
-        rows = {}
+def _lr_finding(baseline: Trace, resumed: Trace, index: int, path: Path,
+                scheduler: bool) -> Finding:
+    rows = read_saved(path).rows
     saved_scheduler = any("sched" in key.lower() or "last_epoch" in key for key in rows)
-    cause = ("the scheduler state was restored but continues differently" if saved_scheduler
-             else "the scheduler state was never saved, so the LR schedule restarted")
+    if saved_scheduler:
+        cause = "the scheduler state was restored but continues differently"
+    elif scheduler:
+        cause = "the scheduler state was never saved, so the LR schedule restarted"
+    else:
+        cause = ("the training state has no torch LR scheduler: the training loop sets the LR "
+                 "itself, from its own state")
     return Finding("training_state", (), (
         f"the learning rate diverged first at step {index + 1}: {baseline.lrs[index]} "
         f"uninterrupted, {resumed.lrs[index] if index < len(resumed.lrs) else 'none'} resumed; "
         f"{cause}"), (f"LR uninterrupted: {baseline.lrs}", f"LR resumed:       {resumed.lrs}"))
 
 
+# -- the training loop's own state --------------------------------------------------------
+
+Scalar = bool | int | float | str
+
+
+def has_scheduler(state: Any) -> bool:
+    """Whether the training state holds a torch LR scheduler (or anything that saves like
+    one: ``last_epoch`` and ``state_dict``)."""
+    return any(hasattr(value, "last_epoch") and hasattr(value, "state_dict")
+               for value in _attributes(state).values())
+
+
+def _attributes(state: Any) -> dict[str, Any]:
+    import torch
+
+    if isinstance(state, torch.nn.Module):
+        return {}
+    try:
+        return dict(vars(state))
+    except TypeError:  # no __dict__ (a tuple, a slotted object)
+        return {}
+
+
+def loop_state(state: Any) -> dict[str, object]:
+    """The plain values the training state carries besides the model and optimizer (step
+    and plateau counters, best losses, flags), by access path: attributes, entries of dict
+    attributes, and attributes of plain helper objects (an early-stopping counter)."""
+    import torch
+
+    found: dict[str, object] = {}
+    for name, value in list(_attributes(state).items())[:64]:
+        if isinstance(value, Scalar):
+            found[name] = value
+        elif isinstance(value, dict):
+            found.update({f"{name}[{key!r}]": item for key, item in list(value.items())[:32]
+                          if isinstance(item, Scalar)})
+        elif not isinstance(value, (torch.nn.Module, torch.optim.Optimizer, torch.Tensor)) \
+                and not type(value).__module__.startswith("torch"):
+            found.update({f"{name}.{key}": item
+                          for key, item in list(_attributes(value).items())[:32]
+                          if isinstance(item, Scalar)})
+    return found
+
+
+def loop_state_findings(saved: dict[str, object], resumed: dict[str, object]) -> list[Finding]:
+    """Values of the loop's own state that the resume did not bring back."""
+    lost = [(name, value, resumed.get(name, "<absent>")) for name, value in saved.items()
+            if repr(resumed.get(name, "<absent>")) != repr(value)]
+    if not lost:
+        return []
+    names = [name for name, _, _ in lost]
+    return [Finding("training_state", (), (
+        "the training loop's own state is not in the checkpoint: the next steps depend on "
+        f"{', '.join(f'state.{name}' for name in names[:4])}, which the resume does not "
+        "restore"), tuple(f"state.{name}: {value!r} at save, {now!r} after resume"
+                          for name, value, now in lost), fix=(
+        f"fix: save the loop's state with the checkpoint and restore it in resume (e.g. "
+        f"checkpoint['loop'] = {{{', '.join(f'{name!r}: state.{name}' for name in names[:3])}"
+        f"}})"))]
+
+
 def _loss_causes(baseline: Trace, resumed: Trace) -> tuple[str, ...]:
     causes = []
-    if baseline.draws != resumed.draws:
+    if any(draws != resumed.draws.get(name) for name, draws in baseline.draws.items()):
         causes.append("the RNG state is not restored on resume (dropout, augmentation and "
                       "sampling draw different numbers): save torch.get_rng_state() (and "
                       "random/numpy state) and restore it")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.checks.loads import matched
+from pytest_ckpt.checks.own_loads import in_own_load
 from pytest_ckpt.diagnosis.findings import Finding, render_failure
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ class SilentLoad:
     model: str
     location: str
     findings: tuple[Finding, ...]
+    changed: int = 0  # model tensors whose values the load changed
+    tensors: int = 0
 
 
 @dataclass
@@ -46,10 +49,12 @@ class StrictLoadGuard:
 
         def load_state_dict(module: torch.nn.Module, state_dict: Any, *args: Any,
                             **kwargs: Any) -> Any:
-            result = original(module, state_dict, *args, **kwargs)
             strict = kwargs.get("strict", args[0] if args else True)
-            if guard.watching and not strict:
-                guard._inspect(module, state_dict, result)
+            if not guard.watching or strict or in_own_load():
+                return original(module, state_dict, *args, **kwargs)
+            before = _prints(module)
+            result = original(module, state_dict, *args, **kwargs)
+            guard._inspect(module, state_dict, result, before)
             return result
 
         self._wrapper = load_state_dict
@@ -69,7 +74,8 @@ class StrictLoadGuard:
             torch.nn.Module.load_state_dict = self._original  # type: ignore[method-assign]
         self._original = self._wrapper = None
 
-    def _inspect(self, module: torch.nn.Module, state_dict: Any, result: Any) -> None:
+    def _inspect(self, module: torch.nn.Module, state_dict: Any, result: Any,
+                 before: dict[str, Any]) -> None:
         from pytest_ckpt.checkpoint.facts import ModelFacts
         from pytest_ckpt.checkpoint.manifest import Manifest
         from pytest_ckpt.diagnosis.engine import diagnose
@@ -80,19 +86,26 @@ class StrictLoadGuard:
         if not missing and not unexpected:
             return
         model = Manifest.from_module(module)
-        findings = diagnose(
-            Manifest.from_state_dict({k: v for k, v in state_dict.items() if k in unexpected}),
-            Manifest(tuple(row for row in model if row.key in missing)),
-            facts=ModelFacts.from_module(module))
+        container = _container_finding(state_dict)
+        weights = _weights(state_dict) if container is not None else {
+            k: v for k, v in state_dict.items() if k in unexpected}
+        findings = diagnose(Manifest.from_state_dict(weights),
+                            Manifest(tuple(row for row in model if row.key in missing)),
+                            facts=ModelFacts.from_module(module))
         findings = [_as_not_loaded(f) if f.kind == "missing" else f for f in findings]
-        self.silent_loads.append(SilentLoad(type(module).__name__, _caller(), tuple(findings)))
+        if container is not None:
+            findings.insert(0, container)
+        changed = _changed(module, before)
+        self.silent_loads.append(SilentLoad(type(module).__name__, _caller(), tuple(findings),
+                                            changed, len(before)))
 
     def report(self, nodeid: str, *, color: bool = False) -> str:
         parts = []
         for load in self.silent_loads:
             parts.append(render_failure(
-                f"load_state_dict(strict=False) into {load.model} silently dropped keys "
-                f"(called at {load.location})", load.findings,
+                f"load_state_dict(strict=False) into {load.model} silently dropped keys: "
+                f"{load.changed} of {load.tensors} tensors changed (called at "
+                f"{load.location})", load.findings,
                 "fix: fix the key mapping, or declare the expected gaps with "
                 "@pytest.mark.ckpt_strict_loads(allow_missing=[...], allow_unexpected=[...])",
                 color=color))
@@ -112,3 +125,49 @@ def _caller() -> str:
               if not any(part in f.filename for part in skip)]
     frame = frames[-1] if frames else None
     return f"{frame.filename}:{frame.lineno}" if frame else "?"
+
+
+def _prints(module: torch.nn.Module) -> dict[str, Any]:
+    """A fingerprint of each model tensor, to count what a load changed."""
+    import torch
+
+    from pytest_ckpt.checkpoint.values import fingerprint
+
+    return {key: fingerprint(value) for key, value in module.state_dict().items()
+            if isinstance(value, torch.Tensor) and value.device.type != "meta"}
+
+
+def _changed(module: torch.nn.Module, before: dict[str, Any]) -> int:
+    import torch
+
+    now = _prints(module)
+    return sum(1 for key, print_ in before.items()
+               if key not in now or now[key].shape != print_.shape
+               or not bool(torch.equal(now[key], print_)))
+
+
+def _weights(container: Any) -> dict[str, Any]:
+    from pytest_ckpt.checkpoint.container import container_layout
+
+    layout = container_layout(container)
+    if layout is None or layout.weights_entry is None:
+        return {}
+    return dict(container[layout.weights_entry])
+
+
+def _container_finding(state_dict: Any) -> Finding | None:
+    """A whole training checkpoint given to ``load_state_dict``: the weights sit inside it."""
+    import torch
+
+    from pytest_ckpt.checkpoint.container import container_layout
+
+    if all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        return None
+    layout = container_layout(state_dict)
+    if layout is None or layout.weights_entry is None:
+        return None
+    return Finding("not_loaded", (), (
+        f"load_state_dict was given the whole checkpoint ({layout.describe()}): its weights "
+        f"sit under [{layout.weights_entry!r}], so nothing matched"),
+        fix=(f"fix: pass checkpoint[{layout.weights_entry!r}] to load_state_dict (with any "
+             "prefix the findings name stripped)"))

@@ -81,7 +81,10 @@ def check_layouts(source: torch.nn.Module, make_target: Callable[[], torch.nn.Mo
             problem = _try(attempt, expected_state, expected_outputs, run,
                            exact=layout != REMOVED)
             results.append(LayoutLoad(layout, loader, problem))
-    return _findings(type(source).__name__, results)
+    from pytest_ckpt.checkpoint.layouts import weight_norm_layouts
+
+    own = set(weight_norm_layouts(expected_state).values())
+    return _findings(type(source).__name__, results, own.pop() if len(own) == 1 else None)
 
 
 def _try(attempt: Callable[[], torch.nn.Module], expected_state: dict[str, Any],
@@ -197,7 +200,8 @@ def _last_line(error: BaseException) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
-def _findings(model_name: str, results: list[LayoutLoad]) -> list[Finding]:
+def _findings(model_name: str, results: list[LayoutLoad],
+              model_layout: str | None) -> list[Finding]:
     findings = []
     for layout in dict.fromkeys(result.layout for result in results):
         mine = [result for result in results if result.layout == layout]
@@ -210,10 +214,36 @@ def _findings(model_name: str, results: list[LayoutLoad]) -> list[Finding]:
             f"checkpoints in the {layout} weight_norm layout ({_KEYS[layout]}) do not load into "
             f"{model_name} through {', '.join(r.loader for r in failing)}"
             + (f" (they do through {', '.join(loads)})" if loads else ""),
-            (*(f"{result.loader}: {result.problem}" for result in failing), _FIX)))
+            (*(f"{result.loader}: {result.problem}" for result in failing),
+             *layout_fix(layout, model_layout, [result.loader for result in failing]))))
     return findings
 
 
-_FIX = ("fix: call pytest_ckpt.compat.accept_any_weight_norm(model) in the model's __init__ "
-        "(load_state_dict paths), or map keys with pytest_ckpt.weight_norm.map_state_dict "
-        "before loading; torch.distributed.checkpoint bypasses load hooks")
+_RENAME = {(PARAMETRIZED, LEGACY): ("parametrizations.weight.original0", "weight_g",
+                                    "parametrizations.weight.original1", "weight_v"),
+           (LEGACY, PARAMETRIZED): ("weight_g", "parametrizations.weight.original0",
+                                    "weight_v", "parametrizations.weight.original1")}
+_HELPER = ("or, outside model code, pytest_ckpt.weight_norm.map_state_dict(state_dict, "
+           "model=model) before loading (pytest_ckpt.compat.accept_any_weight_norm installs "
+           "such a hook, but makes pytest-ckpt a runtime dependency of the model)")
+
+
+def layout_fix(checkpoint: str, model: str | None, loaders: list[str]) -> tuple[str, ...]:
+    """The remedy, plain torch first: a load_state_dict pre-hook in the model that maps the
+    checkpoint's layout into the model's (shown), then pytest-ckpt's own mapping."""
+    if loaders == ["dcp"]:
+        return ("fix: torch.distributed.checkpoint bypasses load hooks: convert such "
+                "checkpoints once (load through load_state_dict, save again with DCP)",)
+    pair = _RENAME.get((checkpoint, model or ""))
+    if pair is not None:
+        old0, new0, old1, new1 = pair
+        return (f"fix, plain torch, in the model's __init__: self._register_load_state_dict_"
+                f"pre_hook(hook) (public register_load_state_dict_pre_hook from torch 2.5), "
+                f"where hook(state_dict, prefix, *_) renames each key ending in {old0!r} / "
+                f"{old1!r} to {new0!r} / {new1!r}", _HELPER)
+    if checkpoint == REMOVED:
+        return ("fix, plain torch: load the plain weights into the model built without "
+                "weight_norm, then apply weight_norm (it sets weight_v = weight, weight_g = "
+                "its norm over every dim but 0)", _HELPER)
+    return ("fix, plain torch: in a load_state_dict pre-hook, replace each weight_g/weight_v "
+            "pair by weight = torch._weight_norm(weight_v, weight_g, 0)", _HELPER)

@@ -37,6 +37,7 @@ class Finding:
     details: tuple[str, ...] = field(default=())
     # the keys on the model's side that the same cause explains (a rename's new names, ...)
     related: tuple[str, ...] = field(default=())
+    fix: str | None = None  # the remedy for this very finding, when the kind's is too general
 
     def __post_init__(self) -> None:
         if self.kind not in _ORDER:
@@ -44,7 +45,8 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "keys": list(self.keys), "folded": fold_keys(self.keys),
-                "hint": self.hint, "details": list(self.details), "related": list(self.related)}
+                "hint": self.hint, "details": list(self.details), "related": list(self.related),
+                "fix": self.fix}
 
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
@@ -111,10 +113,13 @@ FIXES = {  # the last line of a failure, by the first finding's kind
 }
 
 
-def fix_for(findings: list[Finding], update_command: str) -> str:
-    """The fix line for ``findings``; ``update_command`` where accepting the change is one."""
+def fix_for(findings: list[Finding], update_command: str, *, default: str | None = None) -> str:
+    """The fix line for ``findings``: the first finding's own ``fix`` when it has one, else
+    the line for its kind; ``update_command`` where accepting the change is one."""
     for finding in findings:
+        if finding.fix:
+            return finding.fix
         if finding.kind in FIXES:
             return FIXES[finding.kind].format(update=update_command)
-    return (f"fix: keep published checkpoints loading as the hints say; if this change is "
-            f"intended, run: {update_command}")
+    return default or (f"fix: keep published checkpoints loading as the hints say; if this "
+                       f"change is intended, run: {update_command}")

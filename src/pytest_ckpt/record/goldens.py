@@ -165,17 +165,22 @@ def goldens_in(directory: Path) -> list[GoldenFile]:
 # -- writing -----------------------------------------------------------------------------
 
 def serialise(model: torch.nn.Module, inputs: Any, *, test: str, seed: int,
-              outputs: dict[str, torch.Tensor] | None) -> tuple[bytes, dict[str, Any]]:
-    """The golden's bytes and its sidecar (provenance)."""
+              outputs: dict[str, torch.Tensor] | None, data: bytes | None = None,
+              ) -> tuple[bytes, dict[str, Any]]:
+    """The golden's bytes (``torch.save`` of the state_dict, or ``data`` the project's saver
+    wrote) and its sidecar (provenance)."""
     from importlib import metadata
 
     import torch
 
     from pytest_ckpt.checkpoint.values import flatten_outputs
 
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    data = buffer.getvalue()
+    written = "torch.save (zip), a bare state_dict" if data is None else (
+        "the project's saver (save_to=)")
+    if data is None:
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        data = buffer.getvalue()
     sidecar = {
         "schema": SIDECAR_SCHEMA,
         "test": test,
@@ -183,7 +188,7 @@ def serialise(model: torch.nn.Module, inputs: Any, *, test: str, seed: int,
         "python": platform.python_version(),
         "platform": f"{platform.system()}-{platform.machine()}",
         "pytest_ckpt": metadata.version("pytest-ckpt"),
-        "format": "torch.save (zip), a bare state_dict",
+        "format": written,
         "seed": seed,
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),

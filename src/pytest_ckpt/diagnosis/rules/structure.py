@@ -203,7 +203,7 @@ def component_rule(pool: KeyPool) -> None:
         keys = pool.missing if side == "model" else pool.unexpected
         everything = pool.current.keys() if side == "model" else pool.reference.keys()
         families: dict[str, dict[str, list[str]]] = {}
-        for component, members in _components(keys, everything).items():
+        for component, members in components(keys, everything).items():
             families.setdefault(_skeleton(component), {})[component] = members
         for family in sorted(families.values(), key=lambda f: min(f)):
             _claim_component(pool, side, family)
@@ -226,7 +226,7 @@ def _claim_component(pool: KeyPool, side: str, family: dict[str, list[str]]) -> 
                            "the model"), unexpected=members)
 
 
-def _components(keys: set[str], everything: Iterable[str]) -> dict[str, list[str]]:
+def components(keys: set[str], everything: Iterable[str]) -> dict[str, list[str]]:
     """Group ``keys`` by the shortest prefix all of whose keys (in ``everything``) are in
     ``keys``; keys under one prefix are contiguous in sorted order, so counting is a bisect."""
     wanted, present = sorted(keys), sorted(everything)
@@ -271,7 +271,10 @@ def prefix_swap_rule(pool: KeyPool) -> None:
     for key in sorted(pool.unexpected)[:PREFIX_SAMPLE]:
         for _, _, rest, _ in _splits(key):
             for other in by_suffix.get(rest, ())[:4] if rest else ():
-                common = _common_suffix(key, other)
+                # the shared tail ends where the shared head does: 'audio_branch..0.bias'
+                # vs 'audio_branch.0.bias' is the prefix 'audio_branch..' -> 'audio_branch.'
+                head = _common_prefix(key, other)
+                common = min(_common_suffix(key, other), min(len(key), len(other)) - head)
                 votes[(key[: len(key) - common], other[: len(other) - common])] += 1
     for (old, new), _ in votes.most_common(3):
         pairs = [(key, new + key[len(old):]) for key in sorted(pool.unexpected)
@@ -286,6 +289,16 @@ def prefix_swap_rule(pool: KeyPool) -> None:
                 (f"{len(pairs)} keys, e.g. {pairs[0][0]} -> {pairs[0][1]}",)),
                 missing=(new_key for _, new_key in pairs),
                 unexpected=(old_key for old_key, _ in pairs), pairs=pairs)
+
+
+def _common_prefix(left: str, right: str) -> int:
+    """How many leading characters two strings share."""
+    count = 0
+    for a, b in zip(left, right, strict=False):
+        if a != b:
+            break
+        count += 1
+    return count
 
 
 def _common_suffix(left: str, right: str) -> int:
