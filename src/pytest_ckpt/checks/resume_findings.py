@@ -99,7 +99,9 @@ def read_saved(path: Path) -> Saved:
             files[name] = load_weights_only(item)
         except CheckpointReadError as error:
             refused = refused or (error if error.unsafe else None)
-            unreadable = unreadable or error_line(error, 200)
+            headline = error.headline  # names the file first
+            unreadable = unreadable or (headline if len(headline) <= 300
+                                        else headline[:297] + "...")
     if path.is_dir() and not candidates:
         unreadable = f"save() wrote an empty directory at {path}"
     container = files.get("") if "" in files else _merged(files)
