@@ -123,3 +123,51 @@ def test_position_ids_made_non_persistent_is_a_buffer_persistence_finding(projec
         "that the checkpoint still holds*",
         "      position_ids",
     ))
+
+
+def test_a_file_the_projects_loader_is_given_that_pytest_ckpt_cannot_read(project, mode):
+    """load_from= with a truncated file, a zip bomb and a payload: one paragraph each, never
+    chained to an earlier read error, and nothing runs."""
+    project.makepyfile(test_a='''
+        import os
+        import zipfile
+
+        import torch
+        from torch import nn
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, ("touch canary",))
+
+        def loader(model, path):  # a real project's loader: reads a path, returns None
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(checkpoint["state_dict"])
+
+        def test_truncated(ckpt, tmp_path):
+            torch.save({"state_dict": nn.Linear(2, 2).state_dict()}, tmp_path / "x.pt")
+            data = (tmp_path / "x.pt").read_bytes()
+            (tmp_path / "x.pt").write_bytes(data[: len(data) // 2])
+            ckpt.assert_loads(nn.Linear(2, 2), tmp_path / "x.pt", load_from=loader)
+
+        def test_bomb(ckpt, tmp_path):
+            with zipfile.ZipFile(tmp_path / "x.pt", "w", zipfile.ZIP_DEFLATED) as archive:
+                archive.writestr("archive/data.pkl", b"\\x80\\x02" + b"N" * (64 << 20) + b".")
+                archive.writestr("archive/version", "3\\n")
+            ckpt.assert_loads(nn.Linear(2, 2), tmp_path / "x.pt", load_from=loader)
+
+        def test_payload(ckpt, tmp_path):
+            torch.save({"state_dict": nn.Linear(2, 2).state_dict(), "args": Evil()},
+                       tmp_path / "x.pt")
+            ckpt.assert_loads(nn.Linear(2, 2), tmp_path / "x.pt", load_from=loader)
+    ''')
+    result = project.runpytest(*mode)
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines_random(lines(
+        "checkpoint */x.pt is corrupt or truncated (its zip directory is missing or damaged*",
+        "checkpoint */x.pt is a zip bomb: entry archive/data.pkl inflates from * to * bytes; "
+        "refused without inflating it",
+        "  [unsafe_pickle] 1 entry: torch.load(weights_only=True) refuses the globals these "
+        "entries need; nothing from the file was executed",
+    ))
+    assert "During handling of the above exception" not in result.stdout.str()
+    assert not (project.path / "canary").exists()

@@ -230,3 +230,24 @@ def test_marker_golden_takes_only_booleans(project):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["ckpt_roundtrip used wrongly in test_m.py::test_net: golden= "
                                  "takes True or False, got 'yes'"])
+
+
+def test_a_raising_save_to_is_one_paragraph_with_its_frame(project):
+    project.makepyfile(test_a='''
+        from nets import Net
+
+        def save(model, path):
+            raise OSError("disk full")
+
+        def test_golden(ckpt):
+            ckpt.golden(Net(), save_to=save)
+    ''')
+    result = project.runpytest("--ckpt-snapshot-update")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "the project's saver (save_to=) raised OSError: disk full writing the golden of "
+        "test_a.py::test_golden",
+        '  raised at */test_a.py:* in save: raise OSError("disk full")',
+        "fix: make save_to(model, path) write the checkpoint to path",
+    ))
+    assert "During handling of the above exception" not in result.stdout.str()

@@ -84,12 +84,15 @@ def _write_golden(context: CheckContext, model: torch.nn.Module, sample: Any,
     written = _saved_by_project(context, model, save_to) if save_to is not None else None
     data, sidecar = goldens.serialise(model, sample, test=context.nodeid, seed=seed,
                                       outputs=outputs, data=written)
+    refused: SnapshotWriteError | goldens.GoldenTooLarge | None = None
     try:
         goldens.write_golden(directory, data, sidecar, max_bytes=limit)
-    except SnapshotWriteError as error:
-        context.fail(str(error), check="golden")
-    except goldens.GoldenTooLarge as error:
-        context.fail(f"{error}: goldens are meant to be small and committed\n"
+    except (SnapshotWriteError, goldens.GoldenTooLarge) as error:
+        refused = error  # failed below, outside the except: the message is not chained
+    if isinstance(refused, SnapshotWriteError):
+        context.fail(str(refused), check="golden")
+    if refused is not None:
+        context.fail(f"{refused}: goldens are meant to be small and committed\n"
                      "fix: build the golden's model from a tiny config (few layers, small "
                      "widths), or raise the limit with max_bytes= or the ini option "
                      "ckpt_golden_max_bytes", check="golden")
@@ -101,11 +104,14 @@ def _saved_by_project(context: CheckContext, model: torch.nn.Module, save_to: An
     from pytest_ckpt.checks.user_code import error_line, user_frame
 
     path = context.folder("ckpt-golden-save") / "golden"
+    raised: Exception | None = None
     try:
         save_to(model, path)
     except Exception as error:  # the project's saver: its frame, not a traceback
-        frame = user_frame(error)
-        context.fail(f"the project's saver (save_to=) raised {error_line(error)} writing the "
+        raised = error
+    if raised is not None:  # failed outside the except: not chained to the saver's error
+        frame = user_frame(raised)
+        context.fail(f"the project's saver (save_to=) raised {error_line(raised)} writing the "
                      f"golden of {context.nodeid}"
                      + (f"\n  raised at {frame.render()}" if frame else "")
                      + "\nfix: make save_to(model, path) write the checkpoint to path",

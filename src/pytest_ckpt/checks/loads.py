@@ -105,8 +105,9 @@ def _checkpoint(context: CheckContext, checkpoint: Any, safe_globals: Sequence[A
         try:
             return _read(path, safe_globals)
         except CheckpointReadError:
-            manifest = context.reading("loads", lambda: read_checkpoint_manifest(path))
-            return None, manifest, None
+            pass  # read inertly below, outside the except (a failure is not chained to it)
+        manifest = context.reading("loads", lambda: read_checkpoint_manifest(path))
+        return None, manifest, None
     result: tuple[dict[str, Any], Manifest, Any] = context.reading(
         "loads", lambda: _read(path, safe_globals))
     context.flag(path)
