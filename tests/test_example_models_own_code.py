@@ -26,6 +26,13 @@ def _test_file(project: pytest.Pytester, body: str) -> None:
     project.makepyfile(test_own_code=body)
 
 
+def _fails(project: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """Run pytest; exactly one test fails (the scenario's)."""
+    result = project.runpytest(*args)
+    result.assert_outcomes(failed=1)
+    return result
+
+
 LR_FORMAT = '.format(lr=optim_state["param_groups"][0]["lr"])'
 
 
@@ -43,8 +50,7 @@ def test_a_path_loader_whose_lr_log_line_raises_keyerror_is_blamed_not_the_file(
             ckpt.assert_loads(Separator(), tmp_path / "best.pt", load_from=lambda model, path:
                               reload_best_and_halve_lr(model, _optimizer(model), path))
     ''')
-    result = example_project.runpytest("test_own_code.py", "--ckpt-report=r.json", *mode)
-    result.assert_outcomes(failed=1)
+    result = _fails(example_project, "test_own_code.py", "--ckpt-report=r.json", *mode)
     line = _line_of(example_project, "separator", "Learning rate adjusted")
     result.stdout.fnmatch_lines(lines(
         "checkpoint */best.pt does not load into Separator: the load path raised "
@@ -63,9 +69,7 @@ def test_a_path_loader_whose_lr_log_line_raises_keyerror_is_blamed_not_the_file(
 def test_the_reload_best_branch_raising_in_the_uninterrupted_run_is_a_finding(
         example_project, mode):
     _edit(example_project, "separator", LR_FORMAT, ".format(**optim_state)")
-    result = example_project.runpytest("example_models/test_training.py", "-k", "plateau",
-                                       *mode)
-    result.assert_outcomes(failed=1)
+    result = _fails(example_project, "example_models/test_training.py", "-k", "plateau", *mode)
     line = _line_of(example_project, "separator", "Learning rate adjusted")
     result.stdout.fnmatch_lines(lines(
         "resumed training does not continue like the uninterrupted run (6 steps, saved and "
@@ -83,9 +87,7 @@ def test_the_reload_best_branch_raising_in_the_uninterrupted_run_is_a_finding(
 def test_a_solver_that_stops_saving_its_plateau_counters_is_told_which(example_project, mode):
     _edit(example_project, "separator", '"global_step": state.step, "best_loss": state.best_loss,'
           '\n                    "bad_steps": state.bad_steps, ', '"global_step": state.step, ')
-    result = example_project.runpytest("example_models/test_training.py", "-k", "plateau",
-                                       *mode)
-    result.assert_outcomes(failed=1)
+    result = _fails(example_project, "example_models/test_training.py", "-k", "plateau", *mode)
     result.stdout.fnmatch_lines(lines(
         "resumed training does not continue like the uninterrupted run (6 steps, saved and "
         "resumed after step 2)",
@@ -112,8 +114,7 @@ def test_a_training_resume_given_the_weights_only_release(example_project, mode)
             ckpt.assert_loads(SyncNet(), tmp_path / "release.pt",
                               load_from=lambda target, path: resume_training(path)[0])
     ''')
-    result = example_project.runpytest("test_own_code.py", *mode)
-    result.assert_outcomes(failed=1)
+    result = _fails(example_project, "test_own_code.py", *mode)
     line = _line_of(example_project, "syncnet", 'checkpoint["global_step"]')
     result.stdout.fnmatch_lines(lines(
         f"checkpoint */release.pt does not load into SyncNet: the load path raised "
@@ -143,8 +144,7 @@ def test_a_shim_deleting_a_buffer_the_checkpoint_no_longer_has(example_project, 
     _edit(example_project, "clap", 'state.pop("text_branch.position_ids", None)',
           'del state["text_branch.position_ids"]')
     _test_file(example_project, CLAP_TEST)
-    result = example_project.runpytest("test_own_code.py", *mode)
-    result.assert_outcomes(failed=1)
+    result = _fails(example_project, "test_own_code.py", *mode)
     line = _line_of(example_project, "clap", 'del state["text_branch.position_ids"]')
     result.stdout.fnmatch_lines(lines(
         "  [buffer_persistence] 1 key: the code at clap.py:"
@@ -162,8 +162,7 @@ def test_a_shim_deleting_a_buffer_the_checkpoint_no_longer_has(example_project, 
 def test_a_loader_that_strips_the_ddp_prefix_one_character_short(example_project, mode):
     _edit(example_project, "clap", 'k[len("module."):]', 'k[len("module"):]')
     _test_file(example_project, CLAP_TEST)
-    result = example_project.runpytest("test_own_code.py", *mode)
-    result.assert_outcomes(failed=1)
+    result = _fails(example_project, "test_own_code.py", *mode)
     result.stdout.fnmatch_lines(lines(
         "checkpoint */epoch_10.pt does not load into CLAP: the load path raised "
         "RuntimeError: Error(s) in loading state_dict for CLAP:* at clap.py:*",
@@ -175,10 +174,8 @@ def test_a_loader_that_strips_the_ddp_prefix_one_character_short(example_project
 def test_from_pretrained_building_another_weight_norm_layout(example_project, mode):
     _edit(example_project, "vocoder", "model = cls(config)",
           'model = cls(dataclasses.replace(config, weight_norm="legacy"))')
-    result = example_project.runpytest("example_models/test_vocoder.py", "-k", "from_pretrained",
-                                       "-W", "ignore::FutureWarning", "-W",
-                                       "ignore::UserWarning", *mode)
-    result.assert_outcomes(failed=1)
+    result = _fails(example_project, "example_models/test_vocoder.py", "-k", "from_pretrained",
+                    "-W", "ignore::FutureWarning", "-W", "ignore::UserWarning", *mode)
     line = _line_of(example_project, "vocoder", "model.load_state_dict(torch.load(")
     result.stdout.fnmatch_lines(lines(
         "checkpoint round-trip of Vocoder through 'save_to' failed: RuntimeError: Error(s) in "

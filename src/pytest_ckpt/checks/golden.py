@@ -15,6 +15,7 @@ from pytest_ckpt.checkpoint.manifest import Manifest
 from pytest_ckpt.checkpoint.values import flatten_outputs
 from pytest_ckpt.checks.context import CheckContext
 from pytest_ckpt.checks.outputs import make_inputs, model_outputs
+from pytest_ckpt.checks.roundtrip_format import load_model
 from pytest_ckpt.checks.targets import poisoned_copy, prepare_target, value_findings
 from pytest_ckpt.diagnosis.engine import diagnose
 from pytest_ckpt.diagnosis.findings import Finding, render_failure, sort_findings
@@ -216,7 +217,8 @@ def check_golden(golden: goldens.GoldenFile, target: torch.nn.Module, inputs: An
     state = _state_of(golden, tolerant=load_from is not None)
     saved = Manifest.from_state_dict(state) if state is not None else _recorded(sidecar)
     before = prepare_target(target, state or {})
-    model, failure = _load_golden(target, state, saved, golden.path, load, load_from)
+    model, failure = load_model(target, state, saved, golden.path, load=load or _strict_load,
+                                load_from=load_from, reference_name="golden")
     if failure is not None:
         return GoldenOutcome(golden, written_with, failure[0], failure[1])
     findings = _key_findings(saved, model) if load is None else []
@@ -259,29 +261,6 @@ def _recorded(sidecar: dict[str, Any]) -> Manifest:
         return Manifest.parse("\n".join(sidecar.get("manifest", [])))
     except ManifestParseError:
         return Manifest(())
-
-
-def _load_golden(target: torch.nn.Module, state: dict[str, Any] | None, saved: Manifest,
-                 path: Path, load: Any, load_from: Any,
-                 ) -> tuple[torch.nn.Module, tuple[tuple[Finding, ...], str] | None]:
-    import torch
-
-    from pytest_ckpt.checks.own_loads import own_loads
-    from pytest_ckpt.checks.roundtrip_format import load_through
-
-    if load_from is None and state is not None:
-        return target, load_through(load or _strict_load, target, state, saved, "golden")
-    try:
-        with own_loads():
-            result = load_from(target, path) if load_from is not None else None
-    except Exception as error:  # the project's loader: findings with its frame
-        from pytest_ckpt.checks.user_code import error_line, raised_findings, user_frame
-
-        frame = user_frame(error)
-        line = error_line(error) + (f" (at {frame.short})" if frame else "")
-        return target, (tuple(raised_findings(error, model=target, handed=None,
-                                              container=state)), line)
-    return (result if isinstance(result, torch.nn.Module) else target), None
 
 
 def _strict_load(target: torch.nn.Module, state: dict[str, Any]) -> Any:

@@ -82,7 +82,7 @@ def run_load(model: torch.nn.Module, state: dict[str, Any] | None, manifest: Man
         poison_(tensor, avoid=references[id(tensor)])
     handed: list[dict[str, Any]] = []
     try:
-        with _Recording(model, handed), own_loads():
+        with Recording(model, handed), own_loads():
             result = _call(model, state, load, load_from, path)
     except Exception as error:  # the project's load path raised: a finding, not a traceback
         _restore(model, tensors, original, set(tensors))
@@ -108,19 +108,21 @@ def _call(model: torch.nn.Module, state: dict[str, Any] | None, load: Any, load_
     return (load or (lambda m, s: m.load_state_dict(s, strict=False)))(model, dict(state))
 
 
-class _Recording:
-    """Record the state_dict every ``model.load_state_dict`` call is given (an instance
-    attribute over the class method, removed afterwards)."""
+class Recording:
+    """Record what every ``model.load_state_dict`` call is given, as ``keep(state_dict)`` (a
+    shallow copy by default; a manifest where holding the tensors would cost memory), through
+    an instance attribute over the class method, removed afterwards."""
 
-    def __init__(self, model: torch.nn.Module, handed: list[dict[str, Any]]) -> None:
-        self.model, self.handed = model, handed
+    def __init__(self, model: torch.nn.Module, handed: list[Any],
+                 keep: Callable[[Any], Any] = dict) -> None:
+        self.model, self.handed, self.keep = model, handed, keep
 
     def __enter__(self) -> None:
         original = self.model.load_state_dict
-        handed = self.handed
+        handed, keep = self.handed, self.keep
 
         def recording(state_dict: Any, *args: Any, **kwargs: Any) -> Any:
-            handed.append(dict(state_dict))
+            handed.append(keep(state_dict))
             return original(state_dict, *args, **kwargs)
 
         self.model.load_state_dict = recording  # type: ignore[method-assign]

@@ -4,7 +4,6 @@ likely cause, state that differs after the run, optimizer state matched by posit
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -148,8 +147,6 @@ def failure_findings(failure: ResumeFailure, saved: Saved | None,
         return [Finding("training_state", (), hint, (
             where, f"what save() wrote, {saved.refused.path}, is refused by "
                    "torch.load(weights_only=True):"), fix=fix), unsafe_finding(saved.refused)]
-    if isinstance(error, pickle.UnpicklingError):
-        return [Finding("training_state", (), hint, (where, saved.held()))]
     if "initial_lr" in str(error):
         return [Finding("training_state", (), hint + (
             "; a scheduler built with last_epoch >= 0 needs 'initial_lr' in every param_group: "

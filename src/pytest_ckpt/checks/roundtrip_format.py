@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.checkpoint.facts import ModelFacts
 from pytest_ckpt.checkpoint.manifest import Manifest
+from pytest_ckpt.checks.load_runs import Recording
 from pytest_ckpt.checks.outputs import model_outputs, output_findings
 from pytest_ckpt.checks.own_loads import own_loads
 from pytest_ckpt.checks.targets import prepare_target, tie_findings, value_findings
-from pytest_ckpt.checks.user_code import error_line, raised_findings, user_frame
+from pytest_ckpt.checks.user_code import error_line, raised_findings, raised_line, user_frame
 from pytest_ckpt.diagnosis.engine import diagnose
 from pytest_ckpt.diagnosis.findings import Finding, sort_findings
 from pytest_ckpt.errors import CheckpointReadError, CkptUsageError, first_line
@@ -162,19 +163,30 @@ def _load(target: torch.nn.Module, loaded: dict[str, Any] | None, saved: Manifes
           path: Path, spec: RoundtripSpec,
           ) -> tuple[torch.nn.Module, tuple[tuple[Finding, ...], str] | None]:
     """The loaded model (what ``load_from`` returned, or the target), or the failure."""
+    return load_model(target, loaded, saved, path, load=spec.load or default_load,
+                      load_from=spec.load_from)
+
+
+def load_model(target: torch.nn.Module, state: dict[str, Any] | None, saved: Manifest | None,
+               path: Path, *, load: Callable[..., Any], load_from: Callable[..., Any] | None,
+               reference_name: str = "saved file",
+               ) -> tuple[torch.nn.Module, tuple[tuple[Finding, ...], str] | None]:
+    """Load through the project's ``load_from(target, path)`` (a returned module is the
+    loaded model) or ``load(target, state)``; the loaded model, or the failure's findings
+    and error line."""
     import torch
 
-    if spec.load_from is None and loaded is not None:
-        return target, load_through(spec.load or default_load, target, loaded,
-                                    saved or Manifest.from_state_dict(loaded))
+    if load_from is None and state is not None:
+        return target, load_through(load, target, state,
+                                    saved or Manifest.from_state_dict(state), reference_name)
     handed: list[Manifest] = []
     try:
-        with _Recording(target, handed), own_loads():
-            result = spec.load_from(target, path) if spec.load_from else None
+        with Recording(target, handed, Manifest.from_state_dict), own_loads():
+            result = load_from(target, path) if load_from is not None else None
     except Exception as error:  # the project's loader failed: diagnose, then report it
         findings = raised_findings(error, model=target, handed=handed[-1] if handed else None,
-                                   container=None)
-        return target, (tuple(findings), _line(error))
+                                   container=state)
+        return target, (tuple(findings), raised_line(error))
     return (result if isinstance(result, torch.nn.Module) else target), None
 
 
@@ -186,39 +198,15 @@ def load_through(load: Callable[..., Any], target: torch.nn.Module, state: dict[
     remapping), or the saved file's when it never got that far."""
     handed: list[Manifest] = []
     try:
-        with _Recording(target, handed), own_loads():
+        with Recording(target, handed, Manifest.from_state_dict), own_loads():
             load(target, state)
     except Exception as error:  # the user's load path failed: diagnose, then report it
         passed = handed[-1] if handed else saved
         findings = raised_findings(error, model=target, handed=passed, container=state,
                                    reference_name=reference_name if passed == saved
                                    else "state_dict the load path passed")
-        return tuple(findings), _line(error)
+        return tuple(findings), raised_line(error)
     return None
-
-
-def _line(error: BaseException) -> str:
-    frame = user_frame(error)
-    return error_line(error) + (f" (at {frame.short})" if frame is not None else "")
-
-
-class _Recording:
-    """Record what ``target.load_state_dict`` is given, through an instance attribute."""
-
-    def __init__(self, target: torch.nn.Module, handed: list[Manifest]) -> None:
-        self.target, self.handed = target, handed
-
-    def __enter__(self) -> None:
-        original, handed = self.target.load_state_dict, self.handed
-
-        def recording(state_dict: Any, *args: Any, **kwargs: Any) -> Any:
-            handed.append(Manifest.from_state_dict(state_dict))
-            return original(state_dict, *args, **kwargs)
-
-        self.target.load_state_dict = recording  # type: ignore[method-assign]
-
-    def __exit__(self, *_: Any) -> None:
-        vars(self.target).pop("load_state_dict", None)
 
 
 def key_findings(saved: Manifest, target: torch.nn.Module,

@@ -16,6 +16,8 @@ from pytest_ckpt.diagnosis.findings import Finding, render_failure
 if TYPE_CHECKING:
     import torch
 
+    from pytest_ckpt.checkpoint.container import ContainerLayout
+
 
 @dataclass(frozen=True)
 class SilentLoad:
@@ -86,8 +88,9 @@ class StrictLoadGuard:
         if not missing and not unexpected:
             return
         model = Manifest.from_module(module)
-        container = _container_finding(state_dict)
-        weights = _weights(state_dict) if container is not None else {
+        layout = _whole_checkpoint(state_dict)
+        container = _container_finding(layout) if layout is not None else None
+        weights = dict(state_dict[layout.weights_entry]) if layout is not None else {
             k: v for k, v in state_dict.items() if k in unexpected}
         findings = diagnose(Manifest.from_state_dict(weights),
                             Manifest(tuple(row for row in model if row.key in missing)),
@@ -146,17 +149,9 @@ def _changed(module: torch.nn.Module, before: dict[str, Any]) -> int:
                or not bool(torch.equal(now[key], print_)))
 
 
-def _weights(container: Any) -> dict[str, Any]:
-    from pytest_ckpt.checkpoint.container import container_layout
-
-    layout = container_layout(container)
-    if layout is None or layout.weights_entry is None:
-        return {}
-    return dict(container[layout.weights_entry])
-
-
-def _container_finding(state_dict: Any) -> Finding | None:
-    """A whole training checkpoint given to ``load_state_dict``: the weights sit inside it."""
+def _whole_checkpoint(state_dict: Any) -> ContainerLayout | None:
+    """The layout of a whole training checkpoint given to ``load_state_dict`` (its weights
+    sit under an entry), or ``None`` for a state_dict."""
     import torch
 
     from pytest_ckpt.checkpoint.container import container_layout
@@ -164,8 +159,10 @@ def _container_finding(state_dict: Any) -> Finding | None:
     if all(isinstance(value, torch.Tensor) for value in state_dict.values()):
         return None
     layout = container_layout(state_dict)
-    if layout is None or layout.weights_entry is None:
-        return None
+    return layout if layout is not None and layout.weights_entry is not None else None
+
+
+def _container_finding(layout: ContainerLayout) -> Finding:
     return Finding("not_loaded", (), (
         f"load_state_dict was given the whole checkpoint ({layout.describe()}): its weights "
         f"sit under [{layout.weights_entry!r}], so nothing matched"),

@@ -76,6 +76,12 @@ def error_line(error: BaseException, limit: int = 300) -> str:
     return f"{type(error).__name__}: {_ANSI.sub('', text)}"
 
 
+def raised_line(error: BaseException) -> str:
+    """``KeyError: 'lr' (at solver.py:236)``: the error line and where the project raised."""
+    frame = user_frame(error)
+    return error_line(error) + (f" (at {frame.short})" if frame is not None else "")
+
+
 @dataclass(frozen=True)
 class LoadErrorKeys:
     """What torch's ``Error(s) in loading state_dict`` lists."""
