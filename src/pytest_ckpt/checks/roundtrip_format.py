@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +65,37 @@ def default_load(target: torch.nn.Module, state: dict[str, Any]) -> Any:
     return target.load_state_dict(state, strict=True)
 
 
+def tied_load(target: torch.nn.Module, state: dict[str, Any]) -> Any:
+    """``safetensors.torch.load_model``'s rule on a state_dict: strict, except that a key the
+    file dropped because its tensor is tied (in ``target``) to a key it holds may be absent."""
+    tied = {key for group in Manifest.from_module(target).tie_groups().values()
+            if any(member in state for member in group) for key in group}
+    result = target.load_state_dict(state, strict=False)
+    missing = [key for key in result.missing_keys if key not in tied]
+    if missing or result.unexpected_keys:
+        return target.load_state_dict(state, strict=True)  # torch's own error, as strict
+    return result
+
+
+def _drops_ties(saved: Manifest | None, target: torch.nn.Module) -> bool:
+    if saved is None:
+        return False
+    return any(len(set(group) & saved.key_set()) < len(group)
+               for group in Manifest.from_module(target).tie_groups().values())
+
+
+def kept_ties(saved: Manifest, model: torch.nn.Module) -> Manifest:
+    """``saved`` with the keys it dropped because their tensor is tied to one it holds (one
+    key per tied group, as safetensors stores them), where the loaded model has that tie: the
+    values and the tie are still checked, so the file's key set alone is not a finding."""
+    rows = {row.key: row for row in saved}
+    for tie, group in Manifest.from_module(model).tie_groups().items():
+        kept = [key for key in group if key in rows]
+        if kept and len(kept) < len(group):
+            rows.update({key: replace(rows[kept[0]], key=key, tie=tie) for key in group})
+    return Manifest(tuple(rows.values())) if len(rows) > len(saved) else saved
+
+
 def roundtrip_format(source: torch.nn.Module, target: torch.nn.Module, name: str, path: Path,
                      spec: RoundtripSpec, inputs: Any,
                      expected_outputs: dict[str, torch.Tensor] | None) -> FormatOutcome:
@@ -89,7 +120,7 @@ def roundtrip_format(source: torch.nn.Module, target: torch.nn.Module, name: str
     if failure is not None:
         return FormatOutcome(name, path, *failure)
     del loaded
-    findings = key_findings(saved or Manifest.from_module(source), model)
+    findings = key_findings(kept_ties(saved or Manifest.from_module(source), model), model)
     findings += value_findings(source_state, model.state_dict(keep_vars=True),
                                before if model is target else {})
     findings += tie_findings(source, model)
@@ -163,8 +194,8 @@ def _load(target: torch.nn.Module, loaded: dict[str, Any] | None, saved: Manifes
           path: Path, spec: RoundtripSpec,
           ) -> tuple[torch.nn.Module, tuple[tuple[Finding, ...], str] | None]:
     """The loaded model (what ``load_from`` returned, or the target), or the failure."""
-    return load_model(target, loaded, saved, path, load=spec.load or default_load,
-                      load_from=spec.load_from)
+    load = spec.load or (tied_load if _drops_ties(saved, target) else default_load)
+    return load_model(target, loaded, saved, path, load=load, load_from=spec.load_from)
 
 
 def load_model(target: torch.nn.Module, state: dict[str, Any] | None, saved: Manifest | None,
