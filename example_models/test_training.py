@@ -34,6 +34,21 @@ def test_syncnet_release_checkpoint_schema(ckpt, tmp_path):
     ckpt.assert_schema(tmp_path / "release.pt", name="release")
 
 
+def test_syncnet_checkpoint_with_lr_schedulers_schema(ckpt, tmp_path):
+    # written under torch 2.13 and compared in CI's torch 2.1.2 lane as well: the schedulers'
+    # private fields (_is_initial, verbose, ...) differ between the two, their state does not
+    from torch.optim import lr_scheduler
+
+    model, optimizer = trained_syncnet()
+    schedulers = {"step": lr_scheduler.StepLR(optimizer, step_size=2),
+                  "cosine": lr_scheduler.CosineAnnealingLR(optimizer, T_max=5),
+                  "plateau": lr_scheduler.ReduceLROnPlateau(optimizer)}
+    torch.save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
+                "epoch": 3}, tmp_path / "train.pt")
+    ckpt.assert_schema(tmp_path / "train.pt", name="schedulers")
+
+
 @pytest.mark.ckpt_resume(steps=6, at=3)
 def test_separator_resumes_exactly():
     return SeparatorTrainer()

@@ -62,6 +62,32 @@ class Net(nn.Module):
 '''
 
 
+@pytest.fixture(autouse=True)
+def _inner_runs_are_not_xdist_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester's in-process runs inherit this process's environment: under ``-n 2`` it says
+    "xdist worker" to syrupy, which then prints no snapshot summary and keeps no account of
+    unused snapshots, so the scenarios about them would pass without testing anything."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _import_transformers_models() -> None:
+    """transformers loads its model modules lazily; one first loaded inside a pytester run is
+    dropped after it while its base classes stay, and the next build fails its isinstance
+    checks. Load the ones the tests build here, once, where transformers is installed."""
+    try:
+        import transformers
+    except ImportError:
+        return
+    for name in ("BertConfig", "BertModel", "BertForMaskedLM", "BertForSequenceClassification",
+                 "GPT2Config", "GPT2LMHeadModel", "LlamaConfig", "LlamaForCausalLM",
+                 "Wav2Vec2Config", "Wav2Vec2Model", "EncodecConfig", "EncodecModel"):
+        getattr(transformers, name)
+
+
+_import_transformers_models()
+
+
 @pytest.fixture(params=["serial", "xdist"])
 def mode(request: pytest.FixtureRequest) -> list[str]:
     """Run each pytester scenario twice: in one process and under ``-n 2``."""

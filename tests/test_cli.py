@@ -110,3 +110,60 @@ def test_bad_input_exits_2_with_one_clear_line(files, args, message):
 
 def test_usage_errors_exit_2(files):
     assert run("diff", "old.pt", cwd=files).returncode == 2
+
+
+def test_diff_of_a_tied_model_saved_one_key_per_tied_group_against_its_factory_is_compatible(
+        tmp_path):
+    (tmp_path / "tiedlm.py").write_text(
+        "from torch import nn\n"
+        "class LM(nn.Module):\n"
+        "    def __init__(self, tied=True):\n"
+        "        super().__init__()\n"
+        "        self.embed = nn.Embedding(10, 4)\n"
+        "        self.lm_head = nn.Linear(4, 10, bias=False)\n"
+        "        if tied:\n"
+        "            self.lm_head.weight = self.embed.weight\n"
+        "def tied():\n"
+        "    return LM()\n"
+        "def untied():\n"
+        "    return LM(tied=False)\n")
+    from safetensors.torch import save_model
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import tiedlm
+    finally:
+        sys.path.remove(str(tmp_path))
+    save_model(tiedlm.tied(), str(tmp_path / "lm.safetensors"))  # keeps embed.weight only
+
+    result = run("diff", "lm.safetensors", "tiedlm:tied", cwd=tmp_path)
+    assert (result.returncode, result.stdout.splitlines()) == (0, [
+        "compatible: lm.safetensors and tiedlm:tied have the same 2 keys, shapes and dtypes",
+        "note: lm_head.weight is not in A: B ties it to embed.weight, which A holds (one key "
+        "per tied group, as safetensors saves; safetensors.torch.load_model and "
+        "from_pretrained re-tie it, a strict load_state_dict raises Missing key(s))"])
+    untied = run("diff", "lm.safetensors", "tiedlm:untied", cwd=tmp_path)
+    assert untied.returncode == 1
+    assert "lm_head.weight" in untied.stdout
+
+
+def test_diff_of_a_gan_checkpoint_against_its_generator_compares_the_generator(tmp_path):
+    (tmp_path / "gan.py").write_text(
+        "from torch import nn\n"
+        "def generator():\n"
+        "    return nn.Sequential(nn.Conv1d(4, 8, 3), nn.Conv1d(8, 1, 3))\n"
+        "def discriminator():\n"
+        "    return nn.Sequential(*(nn.Conv1d(1, 1, 3) for _ in range(4)))\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import gan
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.save({"generator": gan.generator().state_dict(),  # HiFi-GAN's layout
+                "discriminator": gan.discriminator().state_dict(), "steps": 10},
+               tmp_path / "g_00010000")
+
+    result = run("diff", "g_00010000", "gan:generator", cwd=tmp_path)
+    assert (result.returncode, result.stdout.strip()) == (
+        0, "compatible: g_00010000 and gan:generator have the same 4 keys, shapes and dtypes")
+    assert run("diff", "g_00010000", "gan:discriminator", cwd=tmp_path).returncode == 0

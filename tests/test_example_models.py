@@ -17,7 +17,7 @@ def test_example_suite_is_green(example_project, mode):
     before = snapshot_files(example_project.path)
     goldens = _golden_files(example_project.path)
     result = example_project.runpytest("example_models", *mode)
-    result.assert_outcomes(passed=24, xfailed=2)
+    result.assert_outcomes(passed=25, xfailed=2)
     assert snapshot_files(example_project.path) == before
     assert _golden_files(example_project.path) == goldens
 
@@ -115,7 +115,7 @@ def test_separator_that_stops_saving_its_scheduler_fails_the_resume_check(exampl
     source.write_text(text.replace('"scheduler": state.scheduler.state_dict(), ', "").replace(
         'scheduler.load_state_dict(checkpoint["scheduler"])', "pass"))
     result = example_project.runpytest("example_models/test_training.py")
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=6, failed=1)
     result.stdout.fnmatch_lines(lines(
         "resumed training does not continue like the uninterrupted run (6 steps, saved and "
         "resumed after step 3)",

@@ -67,8 +67,8 @@ def test_stale_and_over_broad_declarations_fail(project):
     result = project.runpytest()
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(lines(
-        "  [missing] allow_missing='vocoder.*' is stale: it matches no tensor the load left "
-        "out; remove it from the declaration"))
+        "  [stale_declaration] allow_missing='vocoder.*' is stale: it matches no tensor the "
+        "load left out; remove it from the declaration"))
     result.stdout.fnmatch_lines(lines(
         "  [missing] 4 keys: allow_missing='*' is over-broad: it also covers 4 keys the "
         "checkpoint does provide",

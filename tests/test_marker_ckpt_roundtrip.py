@@ -171,3 +171,97 @@ def test_marker_target_is_a_second_call_with_a_different_seed(project):
             assert not torch.equal(CALLS[0], CALLS[1])
     ''')
     project.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
+
+
+SHIFTED = '''
+import torch
+from torch import nn
+
+
+class Shifted(nn.Module):
+    """Outputs depend on a buffer that is not saved: every reload computes another function."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+        self.register_buffer("shift", torch.randn(2), persistent=False)
+
+    def forward(self, x, scale=1.0):
+        return self.lin(x) * scale + self.shift
+
+
+class Doubling(nn.Module):
+    """Changes its input in place, as some preprocessing layers do."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.lin(x.mul_(2))
+'''
+
+
+@pytest.mark.parametrize("inputs", [
+    "torch.randn(3, 4)",
+    "(torch.randn(3, 4), 2.0)",
+    "[torch.randn(3, 4)]",
+    "{'x': torch.randn(3, 4), 'scale': 2.0}",
+    "lambda: [torch.randn(3, 4), 2.0]",
+])
+def test_inputs_given_as_a_tensor_arguments_or_keywords_reach_the_output_check(project, inputs):
+    project.makepyfile(shifted=SHIFTED, test_a=f'''
+        import pytest, torch
+        from shifted import Shifted
+
+        @pytest.mark.ckpt_roundtrip(inputs={inputs}, snapshot=False)
+        def test_shifted():
+            return Shifted()
+    ''')
+    result = project.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(lines(
+        "checkpoint round-trip of Shifted through 'torch' failed: output",
+        "  [output] 1 key: eval-mode outputs on inputs= differ*",
+    ))
+
+
+def test_a_given_tensor_is_copied_for_every_call_so_a_model_that_changes_it_passes(project, mode):
+    project.makepyfile(shifted=SHIFTED, test_a='''
+        import pytest, torch
+        from shifted import Doubling
+
+        X = torch.ones(3, 4)
+
+        @pytest.mark.ckpt_roundtrip(inputs=X, formats=("torch", "safetensors"), snapshot=False)
+        def test_given_tensor():
+            return Doubling()
+
+        @pytest.mark.ckpt_roundtrip(inputs=lambda: torch.ones(3, 4), snapshot=False)
+        def test_tensor_from_a_callable():
+            return Doubling()
+
+        def test_the_given_tensor_is_unchanged():
+            assert torch.equal(X, torch.ones(3, 4))
+    ''')
+    project.runpytest("-p", "no:randomly", *mode).assert_outcomes(passed=3)
+
+
+def test_inputs_of_another_kind_is_a_usage_error_naming_the_test_and_the_forms(project, mode):
+    project.makepyfile(test_a='''
+        import pytest
+        from nets import Net
+
+        @pytest.mark.ckpt_roundtrip(inputs=3, snapshot=False)
+        def test_net():
+            return Net()
+    ''')
+    result = project.runpytest(*mode)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "ckpt_roundtrip used wrongly in test_a.py::test_net: inputs= must be a tensor (one "
+        "positional argument), a tuple or list (positional arguments), a dict (keyword "
+        "arguments), or a callable returning one of those; got int",
+        "fix: pass the model's input, e.g. inputs=torch.randn(1, 80, 32), or "
+        "inputs=lambda: torch.randn(1, 80, 32)",
+    ])

@@ -91,12 +91,14 @@ def test_matrix_renders_reports_of_two_environments(project, tmp_path):
                             text=True, cwd=project.path)
     assert result.returncode == 1, result.stderr
     python = ".".join(map(str, sys.version_info[:3]))
+    where = other["environment"]["platform"]  # the platform the report recorded
     assert result.stdout.splitlines() == [
         "## Checkpoint compatibility",
         "",
         "5 of 6 checks passed across 2 environment(s).",
         "",
-        f"| test | check | torch {TORCH} · py{python} | torch 1.99.0 · py{python} |",
+        f"| test | check | torch {TORCH} · py{python} · {where} "
+        f"| torch 1.99.0 · py{python} · {where} |",
         "| --- | --- | --- | --- |",
         "| `test_r.py::test_manifest` | manifest | ✅ | ❌ `rename` |",
         "| `test_r.py::test_roundtrip` | roundtrip[safetensors] | ✅ | ✅ |",

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 _STATE = pytest.StashKey["CkptSessionState"]()
 _CHECKS = pytest.StashKey["CheckpointChecks"]()
 _COLLISIONS = pytest.StashKey["dict[str, list[str]]"]()
+_FACTORIES = pytest.StashKey["list[str]"]()  # --ckpt-model and ini ckpt_models specs
 REPORT_PROPERTY = "pytest_ckpt"  # the user_properties name of check results (report.py)
 
 MARKER = "ckpt_roundtrip"
@@ -35,8 +36,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--ckpt-snapshot-update", action="store_true", default=False,
         dest="ckpt_snapshot_update",
-        help="create and update pytest-ckpt manifest snapshots only (syrupy's "
-             "--snapshot-update updates every snapshot, these included)")
+        help="create and update pytest-ckpt's files only: manifest and schema snapshots and "
+             "golden checkpoints (syrupy's --snapshot-update updates every snapshot, these "
+             "included)")
     group.addoption(
         "--ckpt-strict-loads", action="store_true", default=False, dest="ckpt_strict_loads",
         help="fail tests in which a load_state_dict(strict=False) silently dropped keys")
@@ -44,6 +46,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--ckpt-report", action="store", default=None, dest="ckpt_report", metavar="PATH",
         help="write every pytest-ckpt check's outcome and findings as JSON to PATH (one file "
              "under xdist); render several with: pytest-ckpt matrix PATH...")
+    group.addoption(
+        "--ckpt-model", action="append", default=[], dest="ckpt_model",
+        metavar="MODULE:FACTORY",
+        help="check the model FACTORY() returns with no test file: round-trip through torch "
+             "and safetensors (and the weight_norm layouts), build on the meta device, compare "
+             "the manifest snapshot; repeatable, adds to the ini list ckpt_models")
+    parser.addini("ckpt_models", type="linelist", default=[],
+                  help="module:factory specs to check as --ckpt-model does, one a line")
     parser.addini("ckpt_strict_loads", type="bool", default=False,
                   help="like --ckpt-strict-loads, for every run")
     parser.addini("ckpt_golden_max_bytes", default="1MiB",
@@ -51,6 +61,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getini("ckpt_models") or config.option.ckpt_model:
+        from pytest_ckpt.checks.model_battery import factory_specs
+
+        config.stash[_FACTORIES] = factory_specs(config.getini("ckpt_models"),
+                                                 config.option.ckpt_model)
     if not hasattr(config, "workerinput"):
         path = config.option.ckpt_report
         config.pluginmanager.register(CkptResults(
@@ -71,6 +86,21 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{STRICT_MARKER}(allow_missing=(), allow_unexpected=()): fail the test when a "
         "load_state_dict(strict=False) in it drops keys the allow-lists do not cover")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    """Collect the ``--ckpt-model`` factories beside the session's own collectors."""
+    report = yield
+    specs = collector.config.stash.get(_FACTORIES, [])
+    if specs and isinstance(collector, pytest.Session) and report.passed:
+        from pytest_ckpt.checks.model_battery import FactoryCollector
+
+        config = collector.config
+        report.result.append(FactoryCollector.for_specs(
+            collector, specs, state=lambda: _session_state(config),
+            report_property=REPORT_PROPERTY))
+    return report
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -126,7 +156,8 @@ def _share_cores_between_workers(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def ckpt(request: pytest.FixtureRequest, snapshot: Any, tmp_path: Any) -> CheckpointChecks:
+def ckpt(request: pytest.FixtureRequest, snapshot: Any, tmp_path: Any,
+         ) -> Iterator[CheckpointChecks]:
     """Checkpoint checks for this test: ``roundtrip``, ``assert_manifest``, ``assert_schema``."""
     from pytest_ckpt.checks.fixture import CheckpointChecks
 
@@ -136,8 +167,23 @@ def ckpt(request: pytest.FixtureRequest, snapshot: Any, tmp_path: Any) -> Checkp
     def record(entry: dict[str, Any]) -> None:
         properties.append((REPORT_PROPERTY, entry))
 
-    return CheckpointChecks(nodeid=request.node.nodeid, snapshot=snapshot, tmp_path=tmp_path,
-                            state=_session_state(request.config), color=color, record=record)
+    checks = CheckpointChecks(nodeid=request.node.nodeid, snapshot=snapshot, tmp_path=tmp_path,
+                              state=_session_state(request.config), color=color, record=record)
+    yield checks
+    if request.node.stash.get(_CALL_FAILED, False):
+        checks.hold_snapshots()
+
+
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Remember a failed call, for the ``ckpt`` fixture's teardown (``hold_snapshots``)."""
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[_CALL_FAILED] = True
+    return report
 
 
 @pytest.fixture(autouse=True)

@@ -94,3 +94,38 @@ def test_a_check_its_test_expected_to_fail_is_not_red(tmp_path):
     assert failed_checks(report) == 1
     report["checks"] = [c for c in report["checks"] if c["test_outcome"] != "failed"]
     assert failed_checks(report) == 0
+
+
+def _environment(report: dict, **values: str) -> dict:
+    report["environment"].update(values)
+    return report
+
+
+def test_matrix_columns_of_environments_sharing_torch_and_python_name_the_platform():
+    linux = _environment(_report("2.13.0", ("t.py::a", check_entry("manifest"))),
+                         python="3.11.9", platform="Linux-x86_64")
+    mac = _environment(_report("2.13.0", ("t.py::a", check_entry("manifest"))),
+                       python="3.11.9", platform="Darwin-arm64")
+    assert render_matrix([linux, mac]).splitlines()[4] == (
+        "| test | check | torch 2.13.0 · py3.11.9 · Linux-x86_64 "
+        "| torch 2.13.0 · py3.11.9 · Darwin-arm64 |")
+
+
+def test_matrix_columns_of_identical_environments_name_their_report_files():
+    same = [_environment(_report("2.13.0", ("t.py::a", check_entry("manifest"))),
+                         python="3.11.9", platform="Linux-x86_64") for _ in range(3)]
+    header = render_matrix(same, ["ci/cuda.json", "ci/cpu.json", "other.json"]).splitlines()[4]
+    label = "torch 2.13.0 · py3.11.9 · Linux-x86_64"
+    assert header == (f"| test | check | {label} · cuda.json | {label} · cpu.json "
+                      f"| {label} · other.json |")
+
+
+def test_matrix_columns_with_the_same_file_name_name_the_paths_and_only_where_needed():
+    reports = [_environment(_report("2.13.0", ("t.py::a", check_entry("manifest"))),
+                            python="3.11.9", platform="Linux-x86_64") for _ in range(3)]
+    reports[2]["environment"]["torch"] = "2.1.2"
+    names = ["lane-a/report.json", "lane|b/report.json", "lane-c/report.json"]
+    label = "torch 2.13.0 · py3.11.9 · Linux-x86_64"
+    assert render_matrix(reports, names).splitlines()[4] == (
+        f"| test | check | {label} · lane-a/report.json | {label} · lane\\|b/report.json "
+        "| torch 2.1.2 · py3.11.9 · Linux-x86_64 |")

@@ -77,3 +77,32 @@ def test_dropped_scheduler_and_retyped_step_are_reported_at_the_top():
     assert lost.hint.startswith("top-level `scheduler` missing (present in the snapshot)")
     assert "weights-only" not in lost.hint  # the model and optimizer are still there
     assert retyped.details == ("global_step: int -> float",)
+
+
+def _scheduler_state(**fields):
+    return {"last_epoch": 3, "base_lrs": [0.1], "_last_lr": [0.1], "_step_count": 4, **fields}
+
+
+@given(st.sampled_from(["", "scheduler", "lr_schedulers"]),
+       st.dictionaries(st.sampled_from(["_is_initial", "_get_lr_called_within_step",
+                                        "verbose", "default_min_lr", "_anneal_func_type"]),
+                       st.booleans(), max_size=5))
+def test_scheduler_private_fields_that_come_and_go_between_torch_versions_are_not_drift(
+        where, private):
+    def checkpoint(state):
+        if where == "":
+            return state
+        return {where: [state] if where.endswith("s") else state, "epoch": 3}
+
+    old = Schema.of(checkpoint(_scheduler_state(eta_min=0)))
+    new = Schema.of(checkpoint(_scheduler_state(eta_min=0.0, **private)))
+    assert old.without_torch_flags() == new.without_torch_flags()
+    assert diff_schemas(old, new) == diff_schemas(new, new)
+
+
+def test_a_scheduler_field_that_changes_meaning_is_still_drift():
+    old = Schema.of({"scheduler": _scheduler_state(step_size=2)})
+    new = Schema.of({"scheduler": _scheduler_state(milestones=[2, 4])})
+    assert old.without_torch_flags() != new.without_torch_flags()
+    retyped = Schema.of({"scheduler": _scheduler_state(step_size="2")})
+    assert old.without_torch_flags() != retyped.without_torch_flags()

@@ -25,6 +25,9 @@ class ModelFacts:
     # modules whose load_state_dict converts legacy weight_norm keys (torch's compat hook)
     weight_norm_compat: frozenset[str] = field(default=frozenset())
     from_model: bool = False  # False: nothing is known about the model (a file, a snapshot)
+    # every state_dict key of the model: a caller may diagnose only some of them (the keys a
+    # load left out), and a component is absent only if none of its keys are present
+    state_keys: frozenset[str] = field(default=frozenset())
 
     @classmethod
     def from_module(cls, model: torch.nn.Module) -> ModelFacts:
@@ -37,7 +40,8 @@ class ModelFacts:
             hooks = getattr(module, "_load_state_dict_pre_hooks", {})
             if any("weight_norm_compat" in _hook_name(hook) for hook in hooks.values()):
                 compat.add(name)
-        return cls(frozenset(buffers - state), frozenset(norms), frozenset(compat), True)
+        return cls(frozenset(buffers - state), frozenset(norms), frozenset(compat), True,
+                   frozenset(state))
 
 
 def _hook_name(hook: object) -> str:

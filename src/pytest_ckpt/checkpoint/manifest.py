@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, KeysView, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, final
 
 if TYPE_CHECKING:
@@ -153,6 +153,28 @@ class Manifest:
             else:
                 rows.append(ManifestRow(key, f"object:{type(value).__name__}", (), EXTRA))
         return cls(tuple(rows))
+
+
+def with_kept_ties(saved: Manifest, model: Manifest) -> Manifest:
+    """``saved`` (a checkpoint's manifest) with the keys it dropped because their tensor is
+    tied, in ``model``, to a key it holds: one key per tied group, as safetensors'
+    ``save_model`` and ``save_pretrained`` store them."""
+    rows = {row.key: row for row in saved}
+    for tie, group in model.tie_groups().items():
+        kept = [key for key in group if key in rows]
+        if kept and len(kept) < len(group):
+            rows.update({key: replace(rows[kept[0]], key=key, tie=tie) for key in group})
+    return Manifest(tuple(rows.values())) if len(rows) > len(saved) else saved
+
+
+def dropped_ties(saved: Manifest, model: Manifest) -> dict[str, str]:
+    """Keys of ``model`` absent from ``saved`` because they are tied to a key it holds ->
+    that key."""
+    dropped: dict[str, str] = {}
+    for group in model.tie_groups().values():
+        kept = [key for key in group if key in saved]
+        dropped.update({key: kept[0] for key in group if kept and key not in saved})
+    return dropped
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -18,8 +18,12 @@ from pytest_ckpt.checkpoint.manifest import ManifestParseError, escape_key
 HEADER = "# pytest-ckpt schema v1"
 _PARAM_GROUP_FIELD = re.compile(r"(^|\.)param_groups\[\d+\]\.[A-Za-z_][A-Za-z0-9_]*$")
 MAX_LISTED = 8  # longer homogeneous sequences are one row ("list[int] of 12")
-TRAINING_KEYS = ("optimizer", "optimizer_state_dict", "scheduler", "lr_scheduler", "global_step",
-                 "step", "epoch", "scaler", "rng", "rng_state")
+# top-level entries holding optimizer and scheduler states: plain torch training loops,
+# Lightning (lists, one per optimizer or scheduler), accelerate save_state folders
+OPTIMIZER_ENTRIES = ("optimizer", "optimizer_state_dict", "optimizer_states")
+SCHEDULER_ENTRIES = ("scheduler", "lr_scheduler", "lr_schedulers")
+TRAINING_KEYS = (*OPTIMIZER_ENTRIES, *SCHEDULER_ENTRIES, "global_step", "step", "epoch",
+                 "scaler", "rng", "rng_state")
 
 
 @final
@@ -39,8 +43,14 @@ class Schema:
     def without_torch_flags(self) -> Schema:
         """The schema without the flags torch itself puts in optimizer ``param_groups``
         (``foreach: NoneType``, ``decoupled_weight_decay: bool``): their set changes between
-        torch versions and torch fills missing ones with defaults when it loads the state."""
-        return Schema(tuple(row for row in self.rows if not _torch_flag(*row)), self.container)
+        torch versions and torch fills missing ones with defaults when it loads the state),
+        nor the private fields of LR scheduler states (``_is_initial``,
+        ``_get_lr_called_within_step``, ``verbose``, ...: they come and go between torch
+        versions, and a scheduler's ``load_state_dict`` takes whatever it is given); a
+        scheduler's numeric fields compare as numbers (``eta_min`` is ``0`` or ``0.0`` by
+        torch version)."""
+        rows = [row for row in self.rows if not _torch_flag(*row)]
+        return Schema(tuple(_without_scheduler_internals(rows)), self.container)
 
     def render(self) -> str:
         lines = [HEADER, f"# container: {self.container}"]
@@ -64,20 +74,24 @@ class Schema:
     @classmethod
     def of(cls, checkpoint: Any) -> Schema:
         """The schema of a loaded checkpoint (any nesting of dicts, lists and tensors)."""
-        from pytest_ckpt.checkpoint.container import container_layout
+        from pytest_ckpt.checkpoint.container import FolderContainer, container_layout
 
         layout = container_layout(checkpoint)
         container = layout.layout if layout else f"no state_dict ({type(checkpoint).__name__})"
+        if isinstance(checkpoint, FolderContainer):
+            container = f"{checkpoint.kind}: {container}"
         return cls(tuple(_describe(checkpoint, "", shapes=True)), container)
 
 
 def _describe(value: Any, path: str, *, shapes: bool) -> Iterator[tuple[str, str]]:
     import torch
 
-    from pytest_ckpt.checkpoint.container import is_state_dict
+    from pytest_ckpt.checkpoint.container import UnreadFile, is_state_dict
     from pytest_ckpt.checkpoint.manifest import dtype_name
 
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, UnreadFile):
+        yield path or "<root>", value.describe()
+    elif isinstance(value, torch.Tensor):
         shape = f" [{','.join(map(str, value.shape))}]" if shapes else ""
         yield path or "<root>", f"tensor {dtype_name(value.dtype)}{shape}"
     elif shapes and is_state_dict(value) and all(isinstance(key, str) for key in value):
@@ -125,6 +139,30 @@ def _scalar_type(value: Any) -> str:
     kind = type(value)
     module = kind.__module__
     return kind.__name__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+# scheduler fields whose presence depends on the torch version, beside the private ones
+_SCHEDULER_VERSIONED = ("verbose", "default_min_lr", "anneal_func")
+_FIRST_SEGMENT = re.compile(r"[.\[]")
+
+
+def _without_scheduler_internals(rows: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """Rows of LR scheduler states (a dict holding an int ``last_epoch``) without their
+    private and version-dependent fields, numbers as numbers."""
+    states = {path.rpartition(".")[0] for path, kind in rows
+              if path.rpartition(".")[2] == "last_epoch" and kind == "int"}
+    for path, kind in rows:
+        parent = next((state for state in sorted(states, key=len, reverse=True)
+                       if not state or path.startswith(f"{state}.")),
+                      None)
+        if parent is None or path == "<root>":
+            yield path, kind
+            continue
+        rest = path[len(parent) + 1:] if parent else path
+        field = _FIRST_SEGMENT.split(rest, maxsplit=1)[0]
+        if field.startswith("_") or field in _SCHEDULER_VERSIONED:
+            continue
+        yield path, ("int or float" if kind in ("int", "float") and field == rest else kind)
 
 
 def _torch_flag(path: str, kind: str) -> bool:

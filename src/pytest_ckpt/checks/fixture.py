@@ -39,6 +39,14 @@ class CheckpointChecks:
                                                 extension=SchemaSnapshotExtension),
             tmp_path=tmp_path, state=state, color=color, recorder=record)
 
+    def hold_snapshots(self) -> None:
+        """After a failed test: keep the snapshots it did not get to compare (syrupy would
+        call them unused and delete them on an update)."""
+        from pytest_ckpt.record.snapshots import hold_unused
+
+        hold_unused(self._context.assertion)
+        hold_unused(self._context.schema_assertion)
+
     @property
     def update_command(self) -> str:
         """The command that writes this test's snapshots and goldens."""
@@ -46,7 +54,7 @@ class CheckpointChecks:
 
     def roundtrip(self, model: torch.nn.Module, *,
                   factory: Callable[[], torch.nn.Module] | None = None,
-                  formats: Any = ("torch",), inputs: Callable[[], Any] | None = None,
+                  formats: Any = ("torch",), inputs: Any = None,
                   load: Callable[..., Any] | None = None, snapshot: bool = True,
                   name: str | None = None, weight_norm: Any = "auto",
                   loaders: Any = ("load_state_dict",),
@@ -103,7 +111,7 @@ class CheckpointChecks:
                        resume=resume, steps=steps, at=at)
 
     def golden(self, model: torch.nn.Module, *, name: str | None = None,
-               inputs: Callable[[], Any] | None = None, load: Callable[..., Any] | None = None,
+               inputs: Any = None, load: Callable[..., Any] | None = None,
                factory: Callable[[], torch.nn.Module] | None = None,
                max_bytes: int | str | None = None,
                save_to: Callable[..., Any] | None = None,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 def golden(context: CheckContext, model: torch.nn.Module, *, name: str | None = None,
-           inputs: Callable[[], Any] | None = None, load: Callable[..., Any] | None = None,
+           inputs: Any = None, load: Callable[..., Any] | None = None,
            factory: Callable[[], torch.nn.Module] | None = None,
            max_bytes: int | str | None = None, seed: int | None = None,
            save_to: Callable[..., Any] | None = None,
@@ -49,7 +49,7 @@ def golden(context: CheckContext, model: torch.nn.Module, *, name: str | None = 
     if load is not None and load_from is not None:
         context.fail(f"ckpt.golden used wrongly in {context.nodeid}: pass load= (given the "
                      "state_dict) or load_from= (given the path), not both")
-    if context.update:
+    if context.update and not _still_holds(directory, model, sample, (load, load_from), factory):
         _write_golden(context, model, sample, directory, limit,
                       torch.initial_seed() if seed is None else seed, save_to)
     found = goldens.goldens_in(directory)
@@ -76,6 +76,23 @@ def _outcome(context: CheckContext, stored: goldens.GoldenFile, model: torch.nn.
     context.record(f"golden[{stored.label}]", outcome.findings,
                    outcome.error or outcome.unreadable, outcome.note)
     return outcome
+
+
+def _still_holds(directory: Path, model: torch.nn.Module, sample: Any,
+                 loaders: tuple[Any, Any], factory: Any) -> bool:
+    """Whether this torch version's stored golden still loads into ``model``'s architecture
+    with its recorded values and outputs: an update then leaves it byte-identical (a model
+    built from a random seed would otherwise rewrite it on every update)."""
+    stored = goldens.GoldenFile(directory / f"torch-{goldens.torch_minor()}.pt")
+    if not (stored.path.is_file() and stored.sidecar.is_file()):
+        return False
+    target = factory() if factory is not None else poisoned_copy(model)
+    try:
+        outcome = check_golden(stored, target, sample, *loaders)
+    except (CheckpointReadError, CkptUsageError):
+        return False
+    recorded = stored.provenance().get("manifest")
+    return outcome.ok and recorded == Manifest.from_module(model).render().splitlines()
 
 
 def _write_golden(context: CheckContext, model: torch.nn.Module, sample: Any,
@@ -229,13 +246,14 @@ def check_golden(golden: goldens.GoldenFile, target: torch.nn.Module, inputs: An
         "values not compared: the golden cannot be read with weights_only=True (its outputs "
         "and keys were)")
     if sidecar.get("outputs") is not None and inputs is not None:
-        outputs = fingerprints(model_outputs(model, inputs, "the loaded model") or {})
+        with goldens.recorded_threads(sidecar):
+            outputs = fingerprints(model_outputs(model, inputs, "the loaded model") or {})
         findings += _output_findings(sidecar, inputs, outputs)
         bitwise = all(outputs.get(name, {}).get("sha256") == recorded["sha256"]
                       for name, recorded in sidecar["outputs"].items())
         note = note or (None if bitwise else (
-            f"outputs within rtol {goldens.RTOL:g} of those recorded under torch "
-            f"{sidecar.get('torch')}, not bitwise equal"))
+            f"outputs within rtol {goldens.RTOL:g} of those recorded under "
+            f"{goldens.recorded_under(sidecar)}, not bitwise equal"))
     return GoldenOutcome(golden, written_with, tuple(sort_findings(findings)), note=note)
 
 

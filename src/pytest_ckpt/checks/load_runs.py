@@ -179,12 +179,19 @@ def _classify(loaded: torch.nn.Module, state: dict[str, Any] | None, manifest: M
     # (torch's own strict load would reject it: that is a buffer_persistence finding)
     computed = [buffer for name, buffer in loaded.named_buffers() if name not in keys
                 and buffer.numel()] if own_path else []
-    held = {digest(tensor) for tensor in [*model_tensors.values(), *computed]} - {None}
+    # a value that reached the model under another name: held by a tensor the load wrote
+    # (not one still at its poison, put back) that its own key does not explain; a constant
+    # (ones, zeros) the model loaded under its own keys does not make a checkpoint's extra
+    # LayerNorm "reached"
+    moved = [tensor for key, tensor in model_tensors.items() if key not in at_poison
+             and not (key in provided and _holds(tensor, provided[key]))]
+    held = {digest(tensor) for tensor in [*moved, *computed]} - {None}
     available = {digest(tensor) for tensor in provided.values()} - {None}
     not_written, wrong = [], []
     for key, tensor in model_tensors.items():
         own = provided.get(key)
-        if (own is not None and _holds(tensor, own)) or digest(tensor) in available:
+        if key not in at_poison and ((own is not None and _holds(tensor, own))
+                                     or digest(tensor) in available):
             continue
         if key in at_poison or own is None:
             not_written.append(key)
@@ -213,12 +220,17 @@ def _as_handed(unreached: dict[str, Any], handed: list[dict[str, Any]]) -> Manif
     import torch
 
     names: dict[Any, str] = {}
+    given_keys: set[str] = set()
     for given in handed:
+        given_keys.update(given)
         for key, value in given.items():
             if isinstance(value, torch.Tensor) and value.numel():
                 names.setdefault(digest(value), key)
-    renamed = {names.get(digest(value), key) if isinstance(value, torch.Tensor)
-               and value.numel() else key: value for key, value in unreached.items()}
+    # an entry handed on under its own name keeps it (a constant such as a LayerNorm's ones
+    # is not renamed after another key that holds the same value)
+    renamed = {key if key in given_keys or not isinstance(value, torch.Tensor)
+               or not value.numel() else names.get(digest(value), key): value
+               for key, value in unreached.items()}
     return Manifest.from_state_dict(renamed)
 
 

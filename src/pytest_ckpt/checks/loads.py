@@ -5,7 +5,7 @@ of the project's loader is a finding with its frame, not a traceback."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,24 +42,25 @@ def assert_loads(context: CheckContext, model: torch.nn.Module,
     unexpected_patterns = context.usage(patterns, allow_unexpected)
     path = Path(checkpoint) if isinstance(checkpoint, (str, Path)) else None
     context.usage(_one_loader, load, load_from, path)
-    state, manifest, container = _checkpoint(context, checkpoint, safe_globals,
-                                             tolerant=bool(load_from))
+    state, manifest, container, choice = _checkpoint(context, checkpoint, safe_globals,
+                                                     tolerant=bool(load_from), model=model)
     name = str(checkpoint) if path is not None else "the state_dict"
+    said = f"\n{choice}" if choice else ""  # which of several state_dicts was read
     run = run_load(model, state, manifest, load=load, load_from=load_from, path=path,
                    container=container)
     if isinstance(run, LoadRaised):
         findings = run.findings(model, state)
-        context.record("loads", findings, run.line)
+        context.record("loads", findings, run.line, note=choice)
         context.fail(render_failure(
             f"checkpoint {name} does not load into {type(model).__name__}: the load path "
-            f"raised {run.line}", findings, fix_for(findings, context.update_command,
+            f"raised {run.line}{said}", findings, fix_for(findings, context.update_command,
                                                      default=FIX), color=context.color),
             check=None)
     findings = _findings(run, manifest, missing_patterns, unexpected_patterns)
-    context.record("loads", findings, note=run.note)
+    context.record("loads", findings, note="; ".join(filter(None, (choice, run.note))) or None)
     if findings:
         context.fail(render_failure(
-            f"checkpoint {name} does not load into {type(model).__name__} as declared",
+            f"checkpoint {name} does not load into {type(model).__name__} as declared{said}",
             findings, declaration_fix(findings, run.model, allow_missing) or fix_for(
                 findings, context.update_command, default=FIX), color=context.color))
 
@@ -68,7 +69,7 @@ def declaration_fix(findings: list[Finding], model: torch.nn.Module,
                     allow_missing: Any) -> str | None:
     """When every finding is a whole component the checkpoint lacks (a partial checkpoint),
     the exact declaration that accepts it."""
-    from pytest_ckpt.diagnosis.rules.structure import components
+    from pytest_ckpt.diagnosis.rules.components import components
 
     if not findings or any(finding.kind != "missing_component" for finding in findings):
         return None
@@ -89,43 +90,48 @@ def _one_loader(load: Any, load_from: Any, path: Path | None) -> None:
 
 
 def _checkpoint(context: CheckContext, checkpoint: Any, safe_globals: Sequence[Any], *,
-                tolerant: bool) -> tuple[dict[str, Any] | None, Manifest, Any]:
-    """The checkpoint's tensors, manifest and whole container. With the project's own
-    loader, a file that ``weights_only=True`` refuses is still given to it: then only its
-    manifest is known (read inertly) and values are not compared."""
+                tolerant: bool, model: torch.nn.Module,
+                ) -> tuple[dict[str, Any] | None, Manifest, Any, str | None]:
+    """The checkpoint's tensors, manifest, whole container, and which of several top-level
+    state_dicts was read (the one matching ``model`` best). With the project's own loader, a
+    file that ``weights_only=True`` refuses is still given to it: then only its manifest is
+    known (read inertly) and values are not compared."""
     __tracebackhide__ = True
     from pytest_ckpt.errors import CheckpointReadError
     from pytest_ckpt.formats import read_checkpoint_manifest
 
     if not isinstance(checkpoint, (str, Path)):
         state = dict(checkpoint)
-        return state, Manifest.from_state_dict(state), checkpoint
+        return state, Manifest.from_state_dict(state), checkpoint, None
     path = Path(checkpoint)
+    model_keys = model.state_dict().keys()
     if tolerant:
         try:
-            return _read(path, safe_globals)
+            return _read(path, safe_globals, model_keys)
         except CheckpointReadError:
             pass  # read inertly below, outside the except (a failure is not chained to it)
         manifest = context.reading("loads", lambda: read_checkpoint_manifest(path))
-        return None, manifest, None
-    result: tuple[dict[str, Any], Manifest, Any] = context.reading(
-        "loads", lambda: _read(path, safe_globals))
+        return None, manifest, None, None
+    result: tuple[dict[str, Any], Manifest, Any, str | None] = context.reading(
+        "loads", lambda: _read(path, safe_globals, model_keys))
     context.flag(path)
     return result
 
 
-def _read(path: Path, safe_globals: Sequence[Any]) -> tuple[dict[str, Any], Manifest, Any]:
-    """(state_dict, manifest, container) of a checkpoint file or directory."""
-    from pytest_ckpt.formats import load_checkpoint
-    from pytest_ckpt.formats.torch_zip import state_dict_of
+def _read(path: Path, safe_globals: Sequence[Any], model_keys: Collection[str],
+          ) -> tuple[dict[str, Any], Manifest, Any, str | None]:
+    """(state_dict, manifest, container, choice) of a checkpoint file or directory; among
+    several top-level state_dicts, the one matching ``model_keys`` best, and the choice."""
+    from pytest_ckpt.formats import detect_format, load_checkpoint
+    from pytest_ckpt.formats.torch_zip import weights_of
 
     container = load_checkpoint(path, safe_globals)
-    if path.is_dir():  # a DCP directory: its flat entries, tensors and values
+    if detect_format(path).name == "dcp":  # its flat entries, tensors and values
         state = {key: value for key, value in container.items()
                  if hasattr(value, "shape") and hasattr(value, "dtype")}
-    else:
-        state = state_dict_of(container, path)
-    return state, Manifest.from_state_dict(state), container
+        return state, Manifest.from_state_dict(state), container, None
+    state, layout = weights_of(container, path, model_keys)
+    return state, Manifest.from_state_dict(state), container, layout.choice()
 
 
 def _findings(run: LoadRun, manifest: Manifest, missing_patterns: tuple[str, ...],
@@ -191,6 +197,6 @@ def declared_findings(run: LoadRun, provided: set[str], *, allow_missing: tuple[
 
 
 def _stale(option: str, pattern: str, what: str) -> Finding:
-    return Finding("missing", (), f"{option}={pattern!r} is stale: it matches {what}; "
-                                  "remove it from the declaration",
+    return Finding("stale_declaration", (), f"{option}={pattern!r} is stale: it matches "
+                                            f"{what}; remove it from the declaration",
                    fix=f"fix: remove {pattern!r} from {option}= (the load no longer needs it)")

@@ -5,7 +5,7 @@ checks its goldens; ``ckpt_resume`` checks resuming the returned training harnes
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -13,6 +13,9 @@ from pytest_ckpt.checks.context import CheckContext
 from pytest_ckpt.checks.golden import golden
 from pytest_ckpt.checks.resume import assert_resumes
 from pytest_ckpt.checks.roundtrip import roundtrip
+
+if TYPE_CHECKING:
+    import torch
 
 TARGET_SEED = 0x5EED  # the second call of a marked test builds its target under this seed
 GOLDEN_SEED = 0  # with golden=True, the first call of a marked test runs under this seed
@@ -39,12 +42,7 @@ def run_marked_test(context: CheckContext, function: Callable[..., Any],
                      f"{type(model).__name__}, not a torch.nn.Module\n"
                      "fix: end the test with `return model`")
 
-    def fresh_instance() -> torch.nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TARGET_SEED)
-            target: torch.nn.Module = function(**arguments)
-            return target
-
+    fresh_instance = second_call(function, arguments)
     failures = []
     try:
         roundtrip(context, model, factory=fresh_instance, **options)
@@ -59,6 +57,21 @@ def run_marked_test(context: CheckContext, function: Callable[..., Any],
             failures.append(str(failure.msg))
     if failures:
         context.fail("\n\n".join(failures))
+
+
+def second_call(function: Callable[..., Any],
+                arguments: dict[str, Any]) -> Callable[[], torch.nn.Module]:
+    """The load target of a marked test (or a ``--ckpt-model`` factory): ``function`` called
+    again, under ``TARGET_SEED``, so that its random init differs from the first call's."""
+    import torch
+
+    def fresh_instance() -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TARGET_SEED)
+            target: torch.nn.Module = function(**arguments)
+            return target
+
+    return fresh_instance
 
 
 def run_marked_resume(context: CheckContext, function: Callable[..., Any],

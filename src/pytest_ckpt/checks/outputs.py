@@ -1,9 +1,14 @@
-"""A model's outputs on ``inputs=`` (a callable run under a fixed seed), in eval mode, named
-by position (``output[0]``, ``output['logits']``), and their bitwise comparison."""
+"""A model's outputs on ``inputs=``, in eval mode, named by position (``output[0]``,
+``output['logits']``), and their bitwise comparison.
+
+``inputs=`` is a tensor (one positional argument), a tuple or list (positional arguments), a
+dict (keyword arguments), or a callable returning one of those, called once under seed 0.
+Every call of a model gets its own copy of the input tensors, so a model that changes its
+input in place cannot make the source and the target see different inputs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -14,21 +19,62 @@ from pytest_ckpt.errors import CkptUsageError
 if TYPE_CHECKING:
     import torch
 
+INPUT_FORMS = ("a tensor (one positional argument), a tuple or list (positional arguments), "
+               "a dict (keyword arguments), or a callable returning one of those")
+INPUT_EXAMPLE = "inputs=torch.randn(1, 80, 32), or inputs=lambda: torch.randn(1, 80, 32)"
 
-def make_inputs(inputs: Callable[[], Any] | None) -> Any:
+
+def check_inputs(inputs: Any, what: str = "inputs=") -> None:
+    """Raise a usage error naming the accepted forms unless ``inputs`` is one of them (or
+    ``None``); ``what`` names the value in the message."""
     import torch
 
-    if inputs is None:
-        return None
-    if not callable(inputs):
-        raise CkptUsageError("inputs= must be a callable returning the model's input "
-                             "(e.g. inputs=lambda: torch.randn(1, 80, 32))")
+    if inputs is None or callable(inputs) or isinstance(
+            inputs, (torch.Tensor, tuple, list, Mapping)):
+        return
+    raise CkptUsageError(f"{what} must be {INPUT_FORMS}; got {type(inputs).__name__}\n"
+                         f"fix: pass the model's input, e.g. {INPUT_EXAMPLE}")
+
+
+def make_inputs(inputs: Any) -> Any:
+    """The model input ``inputs=`` stands for: a callable's result (under seed 0), or the
+    value itself; ``None`` when there is none."""
+    import torch
+
+    check_inputs(inputs)
+    if inputs is None or not callable(inputs):
+        return inputs
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         try:
             return inputs()
         except Exception as error:
             raise CkptUsageError(f"inputs= raised {type(error).__name__}: {error}") from None
+
+
+def call_arguments(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The positional and keyword arguments of one model call on ``inputs``, tensors
+    copied: a dict is keyword arguments, a tuple or list positional ones, anything else
+    the one positional argument."""
+    fresh = _copied(inputs)
+    if isinstance(fresh, dict):
+        return (), fresh
+    if isinstance(fresh, (tuple, list)):
+        return tuple(fresh), {}
+    return (fresh,), {}
+
+
+def _copied(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, Mapping):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        items = [_copied(item) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return value
 
 
 def model_outputs(model: torch.nn.Module, inputs: Any,
@@ -38,13 +84,9 @@ def model_outputs(model: torch.nn.Module, inputs: Any,
     if inputs is None:
         return None
     with _eval_mode(model), torch.no_grad():
+        args, kwargs = call_arguments(inputs)
         try:
-            if isinstance(inputs, dict):
-                result = model(**inputs)
-            elif isinstance(inputs, tuple):
-                result = model(*inputs)
-            else:
-                result = model(inputs)
+            result = model(*args, **kwargs)
         except Exception as error:
             raise CkptUsageError(f"inputs= could not run through {what}: "
                                  f"{type(error).__name__}: {error}") from None

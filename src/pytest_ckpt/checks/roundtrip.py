@@ -50,7 +50,7 @@ def run_roundtrip(source: torch.nn.Module, make_target: Callable[[], torch.nn.Mo
     if spec.save_to is not None and spec.formats != ("torch",):
         raise CkptUsageError("save_to= writes the project's own format: formats= does not "
                              "apply to it (drop formats=)")
-    if _on_meta(source):
+    if on_meta(source):
         return [_meta_outcome(source, make_target, spec, directory)]
     layouts = layouts_option(spec.weight_norm, source)
     loaders = loaders_option(spec.loaders)
@@ -82,13 +82,13 @@ def _layout_outcome(source: torch.nn.Module, make_target: Callable[[], torch.nn.
     def fresh() -> torch.nn.Module:
         return make_target() if make_target is not None else poisoned_copy(source)
 
-    def on_meta() -> torch.nn.Module:
+    def meta_target() -> torch.nn.Module:
         if make_target is None:
             return poisoned_copy(source).to("meta")
         with torch.device("meta"):
             return make_target()
 
-    findings = check_layouts(source, fresh, on_meta, layouts, loaders, spec.load,
+    findings = check_layouts(source, fresh, meta_target, layouts, loaders, spec.load,
                              lambda model: model_outputs(model, inputs, "the target"),
                              directory / "weight_norm")
     return FormatOutcome("weight_norm", directory / "weight_norm", tuple(findings),
@@ -101,7 +101,8 @@ META_NOTE = ("built on the meta device: keys, shapes, dtypes, tie groups and the
              "(no data), no file written")
 
 
-def _on_meta(model: torch.nn.Module) -> bool:
+def on_meta(model: torch.nn.Module) -> bool:
+    """Whether ``model`` was built on the meta device (holds tensors without data)."""
     import torch
 
     return any(isinstance(tensor, torch.Tensor) and tensor.is_meta
@@ -142,7 +143,7 @@ def formats_option(value: Any) -> tuple[str, ...]:
 
 def roundtrip(context: CheckContext, model: torch.nn.Module, *,
               factory: Callable[[], torch.nn.Module] | None = None, formats: Any = ("torch",),
-              inputs: Callable[[], Any] | None = None, load: Callable[..., Any] | None = None,
+              inputs: Any = None, load: Callable[..., Any] | None = None,
               snapshot: bool = True, name: str | None = None, weight_norm: Any = "auto",
               loaders: Any = ("load_state_dict",), save_to: Callable[..., Any] | None = None,
               load_from: Callable[..., Any] | None = None) -> list[FormatOutcome]:
@@ -164,7 +165,8 @@ def roundtrip(context: CheckContext, model: torch.nn.Module, *,
                        outcome.note)
     failed = [outcome for outcome in outcomes if not outcome.ok]
     if failed:
-        context.fail("\n\n".join(_message(context, model, outcome) for outcome in failed))
+        context.fail("\n\n".join(failure_message(context, model, outcome)
+                                   for outcome in failed))
     if snapshot:
         assert_manifest(context, model, name=name)
     return outcomes
@@ -176,7 +178,9 @@ def _one_loader(load: Any, load_from: Any) -> None:
                              "path), not both")
 
 
-def _message(context: CheckContext, model: torch.nn.Module, outcome: FormatOutcome) -> str:
+def failure_message(context: CheckContext, model: torch.nn.Module,
+                    outcome: FormatOutcome) -> str:
+    """The failure paragraph of one format's outcome: headline, findings, fix line."""
     kinds = ", ".join(dict.fromkeys(finding.kind for finding in outcome.findings))
     headline = outcome.headline or (f"checkpoint round-trip of {type(model).__name__} "
                                     f"through '{outcome.format}' failed: "

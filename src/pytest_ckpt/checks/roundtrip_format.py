@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.checkpoint.facts import ModelFacts
-from pytest_ckpt.checkpoint.manifest import Manifest
+from pytest_ckpt.checkpoint.manifest import Manifest, dropped_ties, with_kept_ties
 from pytest_ckpt.checks.load_runs import Recording
 from pytest_ckpt.checks.outputs import model_outputs, output_findings
 from pytest_ckpt.checks.own_loads import own_loads
@@ -53,7 +53,7 @@ class RoundtripSpec:
     """The options of one round-trip (marker keywords or fixture arguments)."""
 
     formats: tuple[str, ...] = ("torch",)
-    inputs: Callable[[], Any] | None = None
+    inputs: Any = None
     load: LoadFn | None = None
     weight_norm: Any = "auto"  # "auto", False, or layouts that must load (layout_check.py)
     loaders: tuple[str, ...] = ("load_state_dict",)
@@ -85,15 +85,10 @@ def _drops_ties(saved: Manifest | None, target: torch.nn.Module) -> bool:
 
 
 def kept_ties(saved: Manifest, model: torch.nn.Module) -> Manifest:
-    """``saved`` with the keys it dropped because their tensor is tied to one it holds (one
-    key per tied group, as safetensors stores them), where the loaded model has that tie: the
-    values and the tie are still checked, so the file's key set alone is not a finding."""
-    rows = {row.key: row for row in saved}
-    for tie, group in Manifest.from_module(model).tie_groups().items():
-        kept = [key for key in group if key in rows]
-        if kept and len(kept) < len(group):
-            rows.update({key: replace(rows[kept[0]], key=key, tie=tie) for key in group})
-    return Manifest(tuple(rows.values())) if len(rows) > len(saved) else saved
+    """``saved`` with the keys it dropped because their tensor is tied to one it holds, where
+    the loaded model has that tie: the values and the tie are still checked, so the file's
+    key set alone is not a finding."""
+    return with_kept_ties(saved, Manifest.from_module(model))
 
 
 def roundtrip_format(source: torch.nn.Module, target: torch.nn.Module, name: str, path: Path,
@@ -127,7 +122,41 @@ def roundtrip_format(source: torch.nn.Module, target: torch.nn.Module, name: str
     if expected_outputs is not None:
         findings += output_findings(expected_outputs, model_outputs(model, inputs,
                                                                     "the loaded model"))
+    if saved is not None:
+        findings = untied_consumer(findings, saved, source, model)
     return FormatOutcome(name, path, tuple(sort_findings(findings)))
+
+
+def untied_consumer(findings: list[Finding], saved: Manifest, source: torch.nn.Module,
+                    model: torch.nn.Module) -> list[Finding]:
+    """One ``tied_weights`` finding, not three (missing, tie lost, value), for a key the file
+    dropped because it is tied to a key it keeps, loaded into a model that does not re-tie
+    it."""
+    dropped = dropped_ties(saved, Manifest.from_module(source))
+    loaded_ties = {key for group in Manifest.from_module(model).tie_groups().values()
+                   for key in group}
+    untied = sorted(key for key in dropped if key not in loaded_ties)
+    if not untied:
+        return findings
+    explained = set(untied) | {dropped[key] for key in untied}
+    rest = []
+    for finding in findings:
+        keys = tuple(key for key in finding.keys if key not in explained)
+        if keys == finding.keys:
+            rest.append(finding)
+        elif keys and finding.kind not in ("tied_weights", "missing"):
+            rest.append(replace(finding, keys=keys, details=()))
+    details = tuple(f"{key}: tied to {dropped[key]} in the saved model; the file keeps "
+                    f"{dropped[key]} only, and the loaded model has its own {key}"
+                    for key in untied)
+    return [*rest, Finding(
+        "tied_weights", tuple(untied),
+        "not in the saved file because it is tied to a key the file keeps (safetensors "
+        "stores one key per tied group), and the loaded model does not re-tie it, so it "
+        "keeps its initial value", details,
+        fix=f"fix: re-tie after loading (model.{untied[0]} = model.{dropped[untied[0]]}; "
+            f"transformers: tie_word_embeddings=True), or export every key: clone the tied "
+            f"tensor before safetensors.torch.save_file")]
 
 
 class _Raised(Exception):

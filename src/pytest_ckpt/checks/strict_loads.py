@@ -88,7 +88,7 @@ class StrictLoadGuard:
         if not missing and not unexpected:
             return
         model = Manifest.from_module(module)
-        layout = _whole_checkpoint(state_dict)
+        layout = _whole_checkpoint(state_dict, module)
         container = _container_finding(layout) if layout is not None else None
         weights = dict(state_dict[layout.weights_entry]) if layout is not None else {
             k: v for k, v in state_dict.items() if k in unexpected}
@@ -149,22 +149,24 @@ def _changed(module: torch.nn.Module, before: dict[str, Any]) -> int:
                or not bool(torch.equal(now[key], print_)))
 
 
-def _whole_checkpoint(state_dict: Any) -> ContainerLayout | None:
+def _whole_checkpoint(state_dict: Any, module: torch.nn.Module) -> ContainerLayout | None:
     """The layout of a whole training checkpoint given to ``load_state_dict`` (its weights
-    sit under an entry), or ``None`` for a state_dict."""
+    sit under an entry; of several, the one matching ``module`` best), or ``None`` for a
+    state_dict."""
     import torch
 
     from pytest_ckpt.checkpoint.container import container_layout
 
     if all(isinstance(value, torch.Tensor) for value in state_dict.values()):
         return None
-    layout = container_layout(state_dict)
+    layout = container_layout(state_dict, model_keys=module.state_dict().keys())
     return layout if layout is not None and layout.weights_entry is not None else None
 
 
 def _container_finding(layout: ContainerLayout) -> Finding:
+    said = f" {layout.why()}" if layout.why() else ""
     return Finding("not_loaded", (), (
         f"load_state_dict was given the whole checkpoint ({layout.describe()}): its weights "
-        f"sit under [{layout.weights_entry!r}], so nothing matched"),
+        f"sit under [{layout.weights_entry!r}]{said}, so nothing matched"),
         fix=(f"fix: pass checkpoint[{layout.weights_entry!r}] to load_state_dict (with any "
              "prefix the findings name stripped)"))

@@ -13,9 +13,11 @@ import gc
 from operator import attrgetter
 
 from pytest_ckpt.checkpoint.facts import ModelFacts
+from pytest_ckpt.checkpoint.keys import natural_key
 from pytest_ckpt.checkpoint.manifest import Manifest, ManifestRow
 from pytest_ckpt.diagnosis.findings import Finding, sort_findings
 from pytest_ckpt.diagnosis.pool import KeyPool, Rule
+from pytest_ckpt.diagnosis.rules.components import component_rule
 from pytest_ckpt.diagnosis.rules.fsdp import fsdp_rule
 from pytest_ckpt.diagnosis.rules.layouts import (
     mha_packing_rule,
@@ -25,7 +27,6 @@ from pytest_ckpt.diagnosis.rules.layouts import (
 )
 from pytest_ckpt.diagnosis.rules.structure import (
     buffer_rule,
-    component_rule,
     prefix_rule,
     prefix_swap_rule,
     rename_rule,
@@ -33,14 +34,16 @@ from pytest_ckpt.diagnosis.rules.structure import (
 
 
 def diagnose(reference: Manifest, current: Manifest, *, facts: ModelFacts | None = None,
-             reference_name: str = "checkpoint") -> list[Finding]:
-    """Findings that explain why ``reference`` does not match ``current``; empty when equal."""
+             reference_name: str = "checkpoint", current_name: str = "model") -> list[Finding]:
+    """Findings that explain why ``reference`` does not match ``current``; empty when equal.
+    The names say what each side is in the messages (``pytest-ckpt diff`` of two files
+    calls them "checkpoint A" and "checkpoint B")."""
     # The rules allocate many small tuples and create no reference cycles: pausing the cyclic
     # collector keeps it from rescanning large manifests over and over (2x on 100k keys).
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _diagnose(reference, current, facts, reference_name)
+        return _diagnose(reference, current, facts, (reference_name, current_name))
     finally:
         if paused:
             gc.enable()
@@ -54,11 +57,11 @@ RULES: tuple[Rule, ...] = (fsdp_rule, prefix_rule, weight_norm_rule, parametriza
 
 
 def _diagnose(reference: Manifest, current: Manifest, facts: ModelFacts | None,
-              reference_name: str) -> list[Finding]:
+              names: tuple[str, str]) -> list[Finding]:
     missing, unexpected, changed = _merge(reference.rows, current.rows)
-    pool = KeyPool(reference, current, facts or ModelFacts(), reference_name,
-                   missing=set(missing), unexpected=set(unexpected))
-    pool.findings += _tie_findings(reference, current, reference_name)
+    pool = KeyPool(reference, current, facts or ModelFacts(), names[0],
+                   missing=set(missing), unexpected=set(unexpected), current_name=names[1])
+    pool.findings += _tie_findings(reference, current, *names)
     pool.missing -= {key for finding in pool.findings for key in finding.keys}
     for rule in RULES:
         if pool.missing or pool.unexpected:
@@ -68,9 +71,9 @@ def _diagnose(reference: Manifest, current: Manifest, facts: ModelFacts | None,
     signature = attrgetter("shape", "dtype")
     changed += [(old_rows[old], new_rows[new]) for old, new in pool.pairs
                 if signature(old_rows[old]) != signature(new_rows[new])]
-    common = sorted(changed, key=lambda pair: pair[1].key)
-    pool.findings += _shape_findings(common, reference_name)
-    pool.findings += _dtype_findings(common, reference_name)
+    common = sorted(changed, key=lambda pair: (natural_key(pair[1].key), pair[1].key))
+    pool.findings += _shape_findings(common, *names)
+    pool.findings += _dtype_findings(common, *names)
     return sort_findings(pool.findings)
 
 
@@ -103,22 +106,23 @@ def _generic(pool: KeyPool) -> None:
     if pool.missing:
         pool.findings.append(Finding(
             "missing", tuple(sorted(pool.missing)),
-            f"in the model but not in the {pool.name}: a strict load_state_dict "
+            f"in the {pool.current_name} but not in the {pool.name}: a strict load_state_dict "
             f"raises 'Missing key(s) in state_dict'"))
     if pool.unexpected:
         pool.findings.append(Finding(
             "unexpected", tuple(sorted(pool.unexpected)),
-            f"in the {pool.name} but not in the model: a strict load_state_dict "
+            f"in the {pool.name} but not in the {pool.current_name}: a strict load_state_dict "
             f"raises 'Unexpected key(s) in state_dict'"))
 
 
 def _shape_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
-                    reference_name: str) -> list[Finding]:
+                    reference_name: str, current_name: str) -> list[Finding]:
     changed = [(old, new) for old, new in pairs if old.shape != new.shape]
     if not changed:
         return []
     details = tuple(f"{old.key}: {list(old.shape)} in the {reference_name}, "
-                    f"{list(new.shape)} in the model{_changed_dims(old.shape, new.shape)}"
+                    f"{list(new.shape)} in the {current_name}"
+                    f"{_changed_dims(old.shape, new.shape)}"
                     for old, new in changed)
     return [Finding("shape", tuple(new.key for _, new in changed),
                     "shape differs: load_state_dict raises 'size mismatch'", details)]
@@ -138,20 +142,22 @@ _LOSSY = {("float32", "bfloat16"), ("float32", "float16"), ("float64", "float32"
 
 
 def _dtype_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
-                    reference_name: str) -> list[Finding]:
+                    reference_name: str, current_name: str) -> list[Finding]:
     changed = [(old, new) for old, new in pairs if old.dtype != new.dtype]
     if not changed:
         return []
-    details = tuple(f"{old.key}: {old.dtype} in the {reference_name}, {new.dtype} in the model"
+    details = tuple(f"{old.key}: {old.dtype} in the {reference_name}, {new.dtype} in the "
+                    f"{current_name}"
                     + (" (lossy cast)" if (old.dtype, new.dtype) in _LOSSY else "")
                     for old, new in changed)
     return [Finding("dtype", tuple(new.key for _, new in changed),
-                    "dtype differs: load_state_dict silently casts to the model's dtype",
+                    f"dtype differs: load_state_dict silently casts to the {current_name}'s "
+                    "dtype",
                     details)]
 
 
 def _tie_findings(reference: Manifest, current: Manifest,
-                  reference_name: str) -> list[Finding]:
+                  reference_name: str, current_name: str) -> list[Finding]:
     """Keys missing because their storage is shared, and ties that one side lost."""
     dropped: list[str] = []
     details: list[str] = []
@@ -162,7 +168,7 @@ def _tie_findings(reference: Manifest, current: Manifest,
             dropped += absent
             details += [f"{key}: shares storage with {kept[0]}, which the {reference_name} "
                         f"holds" for key in absent]
-    lost = _untied(reference, current, "the model") + _untied(current, reference,
+    lost = _untied(reference, current, f"the {current_name}") + _untied(current, reference,
                                                               f"the {reference_name}")
     findings = []
     if dropped:

@@ -15,12 +15,14 @@ from typing import Any
 from pytest_ckpt.checkpoint.keys import fold_keys
 
 KINDS = (
-    "missing", "unexpected", "fsdp_local_shards", "missing_component", "prefix", "rename",
+    "head_swap", "missing", "unexpected", "stale_declaration", "fsdp_local_shards",
+    "missing_component", "prefix", "rename",
     "weight_norm_layout",
     "parametrization", "buffer_persistence", "mha_packing", "tied_weights", "shape", "dtype",
     "not_loaded", "value", "output", "unsafe_pickle", "training_state",
 )
-# The order in which findings are shown: keys first, then shapes/dtypes, then values.
+# The order in which findings are shown: keys first (a head swap, which explains keys on
+# both sides, before what is left of them), then shapes/dtypes, then values.
 _ORDER = {kind: position for position, kind in enumerate(KINDS)}
 
 MAX_KEY_LINES = 8
@@ -55,6 +57,8 @@ def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
 
 # -- rendering ---------------------------------------------------------------------------
 
+# kinds whose hint or details name what the keys are (components, places in a container)
+_KEYS_NAMED_ELSEWHERE = ("missing_component", "head_swap", "unsafe_pickle")
 _RED, _YELLOW, _BOLD, _RESET = "\x1b[31m", "\x1b[33m", "\x1b[1m", "\x1b[0m"
 
 
@@ -75,7 +79,7 @@ def render_finding(finding: Finding, *, color: bool = False) -> list[str]:
         label = f"{_RED if finding.kind != 'not_loaded' else _YELLOW}{label}{_RESET}"
     head = f"  {label} {count} {noun}: {finding.hint}" if count else f"  {label} {finding.hint}"
     lines = [head]
-    if finding.kind not in ("missing_component", "unsafe_pickle"):  # shown by hint or details
+    if finding.kind not in _KEYS_NAMED_ELSEWHERE:
         lines += [f"      {line}" for line in render_keys(finding.keys)]
     details = list(finding.details[:MAX_DETAIL_LINES])
     if len(finding.details) > MAX_DETAIL_LINES:

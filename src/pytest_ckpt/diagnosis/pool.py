@@ -23,6 +23,14 @@ class KeyPool:
     unexpected: set[str]
     findings: list[Finding] = field(default_factory=list)
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (reference key, model key)
+    current_name: str = "model"  # what the current side is called: "model", "checkpoint B"
+
+    def model_keys(self) -> list[str]:
+        """Every key of the model, sorted, also those a caller left out of ``current`` (a
+        load diagnosed on the keys it missed only)."""
+        if self.facts.state_keys <= self.current.key_set():
+            return self.current.keys()
+        return sorted(self.facts.state_keys.union(self.current.key_set()))
 
     def claim(self, finding: Finding, *, missing: Iterable[str] = (),
               unexpected: Iterable[str] = (), pairs: Iterable[tuple[str, str]] = ()) -> None:

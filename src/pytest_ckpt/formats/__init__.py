@@ -1,7 +1,8 @@
 """How checkpoints are read and written: one adapter per format behind the small
 :class:`CheckpointFormat` protocol (torch zip and legacy files with their inert header reader
-and pickle scan, safetensors, ``torch.distributed.checkpoint`` directories), bounded file
-access, and page release for memory-mapped loads.
+and pickle scan, safetensors, ``torch.distributed.checkpoint`` directories), the forms read
+through other files (:class:`CheckpointForm`: save_pretrained and accelerate directories,
+sharded indexes), bounded file access, and page release for memory-mapped loads.
 
 It uses ``diagnosis`` and ``checkpoint`` below it. Every torch load uses ``weights_only=True``
 after the scan's bounds; nothing from a pickle is ever executed.
@@ -9,7 +10,7 @@ after the scan's bounds; nothing from a pickle is ever executed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,6 +34,19 @@ class CheckpointFormat(Protocol):
     def load(self, path: Path) -> dict[str, Any]: ...
 
     def read_manifest(self, path: Path) -> Manifest: ...
+
+
+class CheckpointForm(CheckpointFormat, Protocol):
+    """A checkpoint read through other files: a save_pretrained or accelerate directory, a
+    sharded index and its shards."""
+
+    def read_container(self, safe_globals: Sequence[Any]) -> Any: ...
+
+    def weight_files(self) -> list[Path]: ...
+
+    def layout(self) -> dict[str, Any]: ...
+
+    def notes(self) -> list[str]: ...
 
 
 FORMAT_NAMES = ("torch", "safetensors", "dcp")
@@ -64,84 +78,127 @@ def get_format(name: str) -> CheckpointFormat:
 
 
 def detect_format(path: Path) -> CheckpointFormat:
-    """Pick the adapter from the file's first bytes (or a DCP directory's ``.metadata``),
+    """Pick the adapter from the file's first bytes, or from what a directory holds (a DCP
+    ``.metadata``, a save_pretrained or accelerate folder's weights file or sharded index),
     not its name; anything else is a :class:`CheckpointReadError` naming the path."""
-    from pytest_ckpt.formats.files import open_regular
-    from pytest_ckpt.formats.torch_file import not_a_checkpoint
-
     if path.is_dir():
-        from pytest_ckpt.formats.dcp import METADATA
-
-        if (path / METADATA).exists() or (path / METADATA).is_symlink():
-            return get_format("dcp")
-        raise CheckpointReadError(path, f"is a directory without a {METADATA} file, not a "
-                                        "torch.distributed.checkpoint checkpoint", advice=(
-            "fix: pass a checkpoint file, or the directory torch.distributed.checkpoint.save "
-            "wrote"))
-    with open_regular(path) as handle:
-        head = handle.read(16)
-    if not head:
-        raise not_a_checkpoint(path, "the file is empty")
-    if head.startswith(b"PK\x03\x04"):
-        return get_format("torch")
-    if len(head) >= 9 and head[8:9] == b"{":
-        return get_format("safetensors")
-    if head.startswith(b"\x80"):
-        return get_format("torch")  # legacy (non-zip) torch.save; the scan checks the rest
-    raise not_a_checkpoint(path)
+        return _directory_format(path)
+    return detect_file_format(path)
 
 
-def read_checkpoint_manifest(path: Path) -> Manifest:
-    """The manifest of a checkpoint file, read without materialising tensor data."""
-    return detect_format(path).read_manifest(path)
+def detect_file_format(path: Path) -> CheckpointFormat:
+    """The adapter of one file, by its first bytes: a torch zip or legacy file, a
+    safetensors file, or a sharded checkpoint's JSON index."""
+    from pytest_ckpt.formats.single_file import file_format, sniff
+
+    if sniff(path) == "index":
+        from pytest_ckpt.formats.sharded import ShardedFormat, read_index
+
+        return ShardedFormat(read_index(path))
+    return file_format(path)
+
+
+def _directory_format(path: Path) -> CheckpointFormat:
+    from pytest_ckpt.formats.dcp import METADATA
+    from pytest_ckpt.formats.pretrained_dir import directory_format
+
+    if (path / METADATA).exists() or (path / METADATA).is_symlink():
+        return get_format("dcp")
+    found = directory_format(path)
+    if found is None:
+        raise CheckpointReadError(path, f"is a directory without a {METADATA} file "
+                                        "(torch.distributed.checkpoint), a model.safetensors "
+                                        "or a pytorch_model.bin (or their .index.json): not a "
+                                        "checkpoint directory", advice=(
+            "fix: pass a checkpoint file, a save_pretrained or accelerate save_state "
+            "directory, or the directory torch.distributed.checkpoint.save wrote"))
+    return found
+
+
+def detect_form(path: Path) -> CheckpointForm | None:
+    """The reader of a checkpoint made of several files or read through another one (a
+    save_pretrained or accelerate directory, a sharded index), or ``None``."""
+    from pytest_ckpt.formats.pretrained_dir import DirectoryFormat
+    from pytest_ckpt.formats.sharded import ShardedFormat
+
+    fmt = detect_format(path)
+    return fmt if isinstance(fmt, (DirectoryFormat, ShardedFormat)) else None
+
+
+def read_checkpoint_manifest(path: Path, model_keys: Collection[str] | None = None,
+                             ) -> Manifest:
+    """The manifest of a checkpoint file, read without materialising tensor data; of a torch
+    file holding several state_dicts, the one matching ``model_keys`` best."""
+    fmt = detect_format(path)
+    if model_keys is None or fmt.name != "torch":
+        return fmt.read_manifest(path)
+    from pytest_ckpt.checkpoint.manifest import Manifest as Rows
+    from pytest_ckpt.formats.torch_header import read_manifest
+    from pytest_ckpt.formats.torch_zip import load_weights_only, weights_of
+
+    header = read_manifest(path, model_keys)
+    if header is not None:
+        return header
+    return Rows.from_state_dict(weights_of(load_weights_only(path), path, model_keys)[0])
 
 
 def file_notes(path: Path) -> list[str]:
     """What a release manager should know about a torch file: a legacy (non-zip) layout,
     storages tagged for an accelerator, ShardedTensor entries (FSDP local state). Read from
-    the pickle, nothing executed."""
-    import zipfile
+    the pickle, nothing executed. For a directory or a sharded index: the notes of each
+    weights file it reads, under the file's name."""
+    from pytest_ckpt.formats.single_file import torch_file_notes
 
-    from pytest_ckpt.checkpoint.keys import fold_keys
-    from pytest_ckpt.formats.torch_file import storage_locations
-    from pytest_ckpt.formats.torch_header import read_state
-
+    form = detect_form(path)
+    if form is not None:
+        return [f"{file.name}: {note}" for file in form.weight_files()
+                for note in torch_file_notes(file)]
     if detect_format(path).name != "torch":
         return []
-    notes = []
-    if not zipfile.is_zipfile(path):
-        notes.append("legacy (non-zip) torch file: it cannot be memory-mapped "
-                     "(torch.load(mmap=True) needs the zip format), so every load reads it "
-                     "whole; re-save it with torch.save for release")
-    devices = {location: count for location, count in storage_locations(path).items()
-               if location != "cpu"}
-    sharded = [key for key, record in (read_state(path) or {}).items() if record.sharded]
-    if sharded:
-        notes.append(f"{len(sharded)} ShardedTensor entries ({', '.join(fold_keys(sharded))}): "
-                     "FSDP local (or sharded) state, one rank's shards; the shapes shown are the "
-                     "whole tensors, and torch.load(weights_only=True) refuses them")
-    if devices:
-        tags = ", ".join(f"{location} ({count})" for location, count in sorted(devices.items()))
-        notes.append(f"storages tagged for {tags}: it loads on a CPU-only machine only through "
-                     "map_location='cpu'; save release artifacts from CPU tensors "
-                     "(model.cpu().state_dict())")
-    return notes
+    return torch_file_notes(path)
+
+
+def reading_notes(path: Path) -> list[str]:
+    """How a checkpoint was read (for ``show``): which file of a directory, which shards,
+    which entry of a container among several state_dicts, and the alternatives."""
+    from pytest_ckpt.formats.single_file import choice_notes
+
+    form = detect_form(path)
+    if form is not None:
+        return form.notes()
+    return choice_notes(path) if detect_format(path).name == "torch" else []
+
+
+def checkpoint_layout(path: Path) -> dict[str, Any]:
+    """The container layout ``show`` prints: where the weights sit and what sits beside
+    them (a torch file's container read header-only when it can be)."""
+    from pytest_ckpt.formats.single_file import file_layout
+
+    form = detect_form(path)
+    if form is not None:
+        return form.layout()
+    if detect_format(path).name == "dcp":
+        return {"layout": "torch.distributed.checkpoint directory (read from .metadata)",
+                "weights_entry": None, "others": {}}
+    return file_layout(path)
 
 
 def load_checkpoint(path: Path, safe_globals: Sequence[Any] = (), *,
                     tensors_only: bool = False) -> Any:
     """What a checkpoint from elsewhere holds: ``torch.load(weights_only=True)`` of a torch
     file (the container as saved, after the admission checks and a CRC check of its data),
-    the tensors of a safetensors file, or the entries of a DCP directory read without DCP's
-    own unpickling (only its tensors with ``tensors_only``; ``safe_globals`` apply to torch
-    files)."""
+    the tensors of a safetensors file, the merged tensors of a sharded checkpoint, the
+    weights file of a save_pretrained directory, the state files of an accelerate directory
+    by name, or the entries of a DCP directory read without DCP's own unpickling (only its
+    tensors with ``tensors_only``; ``safe_globals`` apply to torch files)."""
+    from pytest_ckpt.formats.single_file import load_file
+
     fmt = detect_format(path)
     if fmt.name == "dcp":
         from pytest_ckpt.formats.dcp import read_dcp_state
 
         return read_dcp_state(path, values=not tensors_only)
-    if fmt.name == "safetensors":
-        return fmt.load(path)
-    from pytest_ckpt.formats.torch_zip import load_weights_only
-
-    return load_weights_only(path, safe_globals, verify_data=True)
+    form = detect_form(path)
+    if form is not None:
+        return form.read_container(safe_globals)
+    return load_file(path, safe_globals, fmt)

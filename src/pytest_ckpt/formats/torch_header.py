@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,19 +86,22 @@ def read_container(path: Path) -> Any:
         return None  # stand-ins built in ways torch.save never writes: torch.load decides
 
 
-def read_state(path: Path) -> dict[str, TensorRecord] | None:
-    """The state_dict in a torch zip file as records, or ``None`` (see :func:`read_container`;
-    also ``None`` when the container holds no state_dict: torch.load then says why)."""
+def read_state(path: Path, model_keys: Collection[str] | None = None,
+               ) -> dict[str, TensorRecord] | None:
+    """The state_dict in a torch zip file as records (among several, the one matching
+    ``model_keys`` best), or ``None`` (see :func:`read_container`; also ``None`` when the
+    container holds no state_dict: torch.load then says why)."""
     container = read_container(path)
-    layout = None if container is None else container_layout(container, is_record)
+    layout = None if container is None else container_layout(container, is_record,
+                                                             model_keys=model_keys)
     if layout is None:
         return None
     return dict(container if layout.weights_entry is None else container[layout.weights_entry])
 
 
-def read_manifest(path: Path) -> Manifest | None:
+def read_manifest(path: Path, model_keys: Collection[str] | None = None) -> Manifest | None:
     """The manifest of :func:`read_state`, or ``None``."""
-    state = read_state(path)
+    state = read_state(path, model_keys)
     if state is None:
         return None
     by_storage: dict[str, list[str]] = {}

@@ -6,12 +6,12 @@ import io
 import pickle
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
-from pytest_ckpt.checkpoint.container import WEIGHT_ENTRIES, container_layout
+from pytest_ckpt.checkpoint.container import container_layout
 from pytest_ckpt.checkpoint.manifest import Manifest
 from pytest_ckpt.errors import (
     CheckpointReadError,
@@ -23,6 +23,7 @@ from pytest_ckpt.errors import (
 if TYPE_CHECKING:
     import torch
 
+    from pytest_ckpt.checkpoint.container import ContainerLayout
     from pytest_ckpt.diagnosis.findings import Finding
     from pytest_ckpt.formats.pickle_scan import Scanned
 
@@ -244,14 +245,22 @@ def _refusal(path: Path, error: Exception, safe_globals: Sequence[Any],
 
 
 def state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
-    """The state_dict inside a loaded checkpoint: bare, or under a well-known key."""
-    layout = container_layout(loaded)
+    """The state_dict inside a loaded checkpoint: bare, or a top-level entry (see
+    :func:`~pytest_ckpt.checkpoint.container.container_layout`)."""
+    return weights_of(loaded, path)[0]
+
+
+def weights_of(loaded: Any, path: Path, model_keys: Collection[str] | None = None,
+               ) -> tuple[dict[str, Any], ContainerLayout]:
+    """The state_dict inside a loaded checkpoint and where it sat; among several top-level
+    state_dicts, the one matching ``model_keys`` best."""
+    layout = container_layout(loaded, model_keys=model_keys)
     if layout is None:
         raise CheckpointReadError(
             path, f"holds no state_dict (a {type(loaded).__name__} that is neither a mapping of "
-                  f"tensors nor a dict with one under {', '.join(map(repr, WEIGHT_ENTRIES))})")
+                  "tensors nor a dict with one among its top-level entries)")
     inner = loaded if layout.weights_entry is None else loaded[layout.weights_entry]
-    return dict(inner)
+    return dict(inner), layout
 
 
 # globals no allow-list should admit: calling them runs code or touches files, processes, the

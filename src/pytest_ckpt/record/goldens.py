@@ -9,12 +9,14 @@ field by field), the fingerprints; the check that loads goldens is ``checks.gold
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
 import platform
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -190,6 +192,7 @@ def serialise(model: torch.nn.Module, inputs: Any, *, test: str, seed: int,
         "pytest_ckpt": metadata.version("pytest-ckpt"),
         "format": written,
         "seed": seed,
+        "threads": torch.get_num_threads(),  # intra-op threads: they split float reductions
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "manifest": Manifest.from_module(model).render().splitlines(),
@@ -230,6 +233,40 @@ def _pair_holds(golden: GoldenFile, data: bytes) -> bool:
 
 def _size(count: int) -> str:
     return f"{count / (1 << 20):.2f} MiB ({count} bytes)"
+
+
+@contextlib.contextmanager
+def recorded_threads(sidecar: dict[str, Any]) -> Iterator[None]:
+    """Run with the intra-op thread count the golden's outputs were computed with, when it
+    was recorded under this torch version: a float reduction split over another number of
+    threads (pytest-xdist workers share the cores) rounds differently, so outputs compare
+    bitwise only with the same split."""
+    import torch
+
+    recorded = sidecar.get("threads")
+    if not isinstance(recorded, int) or recorded < 1 or sidecar.get("torch") != torch.__version__:
+        yield
+        return
+    current = torch.get_num_threads()
+    torch.set_num_threads(recorded)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(current)
+
+
+def recorded_under(sidecar: dict[str, Any]) -> str:
+    """What differs between the golden's recording and this run, for a 'not bitwise' note."""
+    import torch
+
+    if sidecar.get("torch") != torch.__version__:
+        return f"torch {sidecar.get('torch')} (this run: torch {torch.__version__})"
+    threads = sidecar.get("threads")
+    if not isinstance(threads, int):
+        return (f"torch {sidecar.get('torch')} with an intra-op thread count it did not record "
+                f"(this run: {torch.get_num_threads()}; float reductions split differently)")
+    return (f"torch {sidecar.get('torch')} with {threads} intra-op threads (this run: the same; "
+            "the model's kernels are not deterministic on this machine)")
 
 
 # -- fingerprints ------------------------------------------------------------------------

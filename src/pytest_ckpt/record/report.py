@@ -80,7 +80,22 @@ class Column:
 
 
 def column_label(environment: dict[str, Any]) -> str:
-    return f"torch {environment.get('torch', '?')} · py{environment.get('python', '?')}"
+    return (f"torch {environment.get('torch', '?')} · py{environment.get('python', '?')} · "
+            f"{environment.get('platform', '?')}")
+
+
+def column_labels(environments: Sequence[dict[str, Any]], names: Sequence[str] = ()) -> list[str]:
+    """One header per report; reports whose environments read the same also show their file
+    name (their path as given, when the file names are the same too)."""
+    labels = [column_label(environment) for environment in environments]
+    shown = []
+    for label, name in zip(labels, names or [""] * len(labels), strict=True):
+        twins = [other for other, twin in zip(names, labels, strict=False) if twin == label]
+        if len(twins) > 1:
+            files = [Path(twin).name for twin in twins]
+            label += f" · {Path(name).name if len(set(files)) == len(files) else name}"
+        shown.append(label.replace("|", "\\|"))
+    return shown
 
 
 PASSED, XFAIL, CAUGHT = "✅", "☑️ xfail", "☑️ caught"
@@ -113,16 +128,18 @@ def _natural(text: str) -> list[Any]:
             for part in re.split(r"(\d+)", text)]
 
 
-def render_matrix(reports: Sequence[dict[str, Any]]) -> str:
-    """Checks x environments, one Markdown table; failing cells list their finding kinds."""
+def render_matrix(reports: Sequence[dict[str, Any]], names: Sequence[str] = ()) -> str:
+    """Checks x environments, one Markdown table; failing cells list their finding kinds.
+    ``names`` (the reports' paths) tell apart columns whose environments read the same."""
     columns = []
-    for report in reports:
+    labels = column_labels([report.get("environment", {}) for report in reports], names)
+    for report, label in zip(reports, labels, strict=True):
         cells: dict[tuple[str, str], str] = {}
         for check in report["checks"]:
             key = (check["test"], check["check"])
             previous = cells.get(key)  # a check run twice keeps its worst outcome
             cells[key] = _cell(check) if previous in (None, PASSED) else previous
-        columns.append(Column(column_label(report.get("environment", {})), cells))
+        columns.append(Column(label, cells))
     rows = sorted({key for column in columns for key in column.cells},
                   key=lambda key: (key[0], _natural(key[1])))
     outcomes = [cell for column in columns for cell in column.cells.values()]

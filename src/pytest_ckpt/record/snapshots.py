@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from syrupy.assertion import SnapshotAssertion
-from syrupy.data import SnapshotCollection
+from syrupy.data import SnapshotCollection, SnapshotCollections
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 from syrupy.location import PyTestLocation
 
@@ -37,6 +37,44 @@ class ManifestSnapshotExtension(SingleFileSnapshotExtension):
         if not isinstance(data, str):
             raise TypeError(f"manifest snapshots are text, got {type(data).__name__}")
         atomic_write_text(Path(snapshot_collection.location), data)
+
+
+class FactorySnapshotExtension(ManifestSnapshotExtension):
+    """``<rootdir>/__ckpt_models__/<package.module.factory>.manifest.txt``: the snapshot of a
+    ``--ckpt-model`` factory. Outside every ``__snapshots__`` folder, so that syrupy never
+    counts it among a test file's snapshots (it knows test functions alone, and would delete
+    the snapshots of factories a session did not check on an update); each belongs to its
+    own factory only, for the same reason."""
+
+    @classmethod
+    def dirname(cls, *, test_location: PyTestLocation) -> str:
+        return str(Path(test_location.filepath).parent / FACTORY_SNAPSHOTS)
+
+    def owns_snapshot_collection(self, *, filepath: str,
+                                 test_location: PyTestLocation) -> bool:
+        return Path(filepath) == Path(self.get_location(test_location=test_location, index=0))
+
+    def discover_snapshots(self, *, test_location: PyTestLocation,
+                           ignore_extensions: list[str] | None = None) -> SnapshotCollections:
+        """This factory's snapshot only: the other files of the folder are other factories',
+        never this one's to call unused."""
+        found = super().discover_snapshots(test_location=test_location,
+                                           ignore_extensions=ignore_extensions)
+        own = SnapshotCollections()
+        for collection in found:
+            if self.owns_snapshot_collection(filepath=collection.location,
+                                             test_location=test_location):
+                own.add(collection)
+        return own
+
+    @classmethod
+    def matches_test_location(cls, *, test_location: PyTestLocation,
+                              snapshot_location: str) -> bool:
+        return Path(snapshot_location) == Path(cls.get_location(test_location=test_location,
+                                                                index=0))
+
+
+FACTORY_SNAPSHOTS = "__ckpt_models__"  # <rootdir>/__ckpt_models__/<module>.<factory>...
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -194,6 +232,31 @@ def compare_with_snapshot(assertion: SnapshotAssertion, text: str,
         if isinstance(raised, SnapshotWriteError):
             raise raised
     return SnapshotComparison(location, stored, matched, written=matched and stored != text)
+
+
+def hold_unused(assertion: SnapshotAssertion) -> list[Path]:
+    """Record this test's stored snapshots that it did not compare (it failed before the
+    comparison) as used, so that syrupy does not report them unused, nor delete them on an
+    update; the paths held. Each is recorded as a failed comparison (what it is: the test did
+    not get to compare it), with the stored data unchanged."""
+    from syrupy.assertion import AssertionResult
+
+    used = {result.snapshot_location for result in assertion.executions.values()}
+    location = assertion.test_location
+    held: list[Path] = []
+    for collection in assertion.extension.discover_snapshots(test_location=location):
+        if collection.location in used or not Path(collection.location).is_file():
+            continue
+        for snapshot in collection:
+            if not location.matches_snapshot_name(snapshot.name):
+                continue
+            assertion.executions[assertion.num_executions] = AssertionResult(
+                snapshot_location=collection.location, snapshot_name=snapshot.name,
+                asserted_data=None, recalled_data=None, created=False, updated=False,
+                success=False, exception=None, test_location=location)
+            assertion._executions += 1  # syrupy's own counter of the results it keeps
+            held.append(Path(collection.location))
+    return held
 
 
 def relative(path: Path) -> str:

@@ -52,7 +52,8 @@ def weight_norm_rule(pool: KeyPool) -> None:
 def _weight_norm_hint(pool: KeyPool, old: str, new: str, sites: list[tuple[str, str]]) -> str:
     name = sites[0][1]
     text = (f"weight_norm layout differs: {pool.name} {old} "
-            f"({WN_KEYS[old].format(n=name)}) in {len(sites)} modules, model {new} "
+            f"({WN_KEYS[old].format(n=name)}) in {len(sites)} modules, "
+            f"{pool.current_name} {new} "
             f"({WN_KEYS[new].format(n=name)}); ")
     if (old, new) == (LEGACY, PARAMETRIZED) and not pool.facts.from_model:
         return text + ("torch converts legacy -> parametrized only inside "
@@ -91,7 +92,8 @@ def parametrization_rule(pool: KeyPool) -> None:
             pool.claim(Finding(
                 "parametrization", old[1],
                 f"`{module_key(*site)}` is {old[0]} in the {pool.name} and {new[0]} in the "
-                "model: torch does not convert between these layouts; map the keys in the "
+                f"{pool.current_name}: torch does not convert between these layouts; map the "
+                "keys in the "
                 "load path (or build the model the way the checkpoint was saved)",
                 (f"{', '.join(old[1])} -> {', '.join(new[1])}",)),
                 missing=new[1], unexpected=old[1])
@@ -142,7 +144,8 @@ def mha_packing_rule(pool: KeyPool) -> None:
                 f"`{module.rstrip('.') or '<root>'}`: q/k/v projections are packed "
                 f"(in_proj_weight) on one side and separate on the other; split with "
                 "in_proj_weight.chunk(3) or concatenate q/k/v in the load path",
-                (f"{pool.name}: {', '.join(reference_keys)}", f"model: {', '.join(model_keys)}")),
+                (f"{pool.name}: {', '.join(reference_keys)}",
+                 f"{pool.current_name}: {', '.join(model_keys)}")),
                 missing=model_keys, unexpected=reference_keys)
 
 

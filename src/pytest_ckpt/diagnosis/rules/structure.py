@@ -1,9 +1,9 @@
-"""Diagnosis rules about where keys live: prefixes, renames, whole components, buffers."""
+"""Diagnosis rules about where keys live: prefixes, renames, remaps off by a character,
+buffers (whole components are in ``components``)."""
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from operator import attrgetter
@@ -16,6 +16,7 @@ from pytest_ckpt.diagnosis.pool import KeyPool
 MAX_PREFIX_DEPTH = 3  # a wrapper prefix has at most this many segments (module._orig_mod.)
 MAX_RENAME_KEYS = 50_000  # above this many unexplained keys the rename search is skipped
 PREFIX_SAMPLE = 2_000  # keys sampled to find candidate prefixes
+MAX_PARENTS = 4  # parent modules named in a rename's hint (folded), before "and N more"
 
 _ORIGINS = {
     "module.": "DataParallel / DistributedDataParallel",
@@ -62,14 +63,15 @@ def _claim_prefix(pool: KeyPool, prefix: str, pairs: list[tuple[str, str]],
                   added: bool) -> None:
     origin = _ORIGINS.get(prefix)
     why = f" (saved from a model wrapped in {origin})" if origin and added else (
-        f" (the model is wrapped in {origin})" if origin else "")
+        f" (the {pool.current_name} is wrapped in {origin})" if origin else "")
     if added:
         hint = (f"every key in the {pool.name} carries the prefix '{prefix}'{why}; strip it: "
                 f"torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state_dict, "
                 f"'{prefix}')")
         mapping = [(key, rest) for key, rest in pairs]
     else:
-        hint = (f"the model's keys carry the prefix '{prefix}'{why} that the {pool.name}'s do "
+        hint = (f"the {pool.current_name}'s keys carry the prefix '{prefix}'{why} that the "
+                f"{pool.name}'s do "
                 f"not; load into the unwrapped module, or add the prefix")
         mapping = [(rest, key) for key, rest in pairs]
     example = mapping[0]
@@ -85,7 +87,8 @@ def buffer_rule(pool: KeyPool) -> None:
     if dropped:
         pool.claim(Finding(
             "buffer_persistence", tuple(dropped),
-            f"a non-persistent buffer in the model (persistent=False) that the {pool.name} "
+            f"a non-persistent buffer in the {pool.current_name} (persistent=False) that the "
+            f"{pool.name} "
             "still holds: a newer version stopped saving it; drop these keys before a strict "
             "load"), unexpected=dropped)
     present = {row.key.rpartition(".")[0] for row in pool.reference}
@@ -95,7 +98,8 @@ def buffer_rule(pool: KeyPool) -> None:
         batchnorm = any(key.endswith("num_batches_tracked") for key in absent)
         pool.claim(Finding(
             "buffer_persistence", tuple(absent),
-            f"a persistent buffer of the model that the {pool.name} lacks although it holds "
+            f"a persistent buffer of the {pool.current_name} that the {pool.name} lacks "
+            "although it holds "
             "the rest of the module" + (" (BatchNorm's num_batches_tracked: old checkpoints "
                                         "predate it)" if batchnorm else "")), missing=absent)
 
@@ -103,8 +107,9 @@ def buffer_rule(pool: KeyPool) -> None:
 def rename_rule(pool: KeyPool) -> None:
     """Missing/unexpected pairs that differ in one path segment, with equal shapes and dtypes.
 
-    Renames repeated in every layer (``layers.{0..31}.q`` -> ``layers.{0..31}.query``) are
-    reported once.
+    One cause, one finding: a rename repeated in every layer (``layers.{0..31}.q`` ->
+    ``layers.{0..31}.query``) or the same attribute renamed under different parents
+    (``LayerNorm`` -> ``layer_norm`` in the embeddings and in every layer's output).
     """
     if not pool.missing or not pool.unexpected or (
             len(pool.missing) + len(pool.unexpected) > MAX_RENAME_KEYS):
@@ -122,10 +127,12 @@ def rename_rule(pool: KeyPool) -> None:
             choices = " or ".join(sorted(by_old[(base, old)]))
             ambiguous.append(f"{_join(base, old)} could be {choices}")
         else:
-            renames.setdefault((_skeleton(base), old, new), {})[base] = pairs
+            renames.setdefault((_rename_scope(base, old, new), old, new), {})[base] = pairs
     for (_, old, new), by_base in renames.items():
-        _claim_rename(pool, list(by_base), old, new,
-                      [pair for pairs in by_base.values() for pair in pairs])
+        claim = _claim_rename if len({layer_skeleton(base) for base in by_base}) == 1 \
+            else _claim_attribute_rename
+        claim(pool, list(by_base), old, new,
+              [pair for pairs in by_base.values() for pair in pairs])
     if ambiguous:
         pool.findings.append(Finding(
             "rename", (), "ambiguous renames (several same-shaped candidates), not applied",
@@ -138,11 +145,35 @@ def _claim_rename(pool: KeyPool, bases: list[str], old: str, new: str,
     after = _folded_one(_join(base, new) for base in bases)
     pool.claim(Finding(
         "rename", tuple(sorted(old_key for old_key, _ in pairs)),
-        f"{before}.* in the {pool.name} is {after}.* in the model (same shapes and dtypes): "
+        f"{before}.* in the {pool.name} is {after}.* in the {pool.current_name} (same shapes "
+        "and dtypes): "
         "rename the attribute back, or map the old keys in the load path",
         (f"{before} -> {after}: {len(pairs)} keys",)),
         missing=(new_key for _, new_key in pairs),
         unexpected=(old_key for old_key, _ in pairs), pairs=pairs)
+
+
+def _claim_attribute_rename(pool: KeyPool, bases: list[str], old: str, new: str,
+                            pairs: list[tuple[str, str]]) -> None:
+    """The same attribute renamed in modules with different paths: one finding."""
+    parents = fold_keys(base or "<root>" for base in bases)
+    shown = ", ".join(parents[:MAX_PARENTS]) + (
+        f" (and {len(parents) - MAX_PARENTS} more)" if len(parents) > MAX_PARENTS else "")
+    pool.claim(Finding(
+        "rename", tuple(sorted(old_key for old_key, _ in pairs)),
+        f"`{old}` in the {pool.name} is `{new}` in the {pool.current_name} under "
+        f"{len(bases)} modules: {shown} (same shapes and dtypes): rename the attribute back, "
+        "or map the old keys in the load path",
+        (f"{old} -> {new}: {len(pairs)} keys",)),
+        missing=(new_key for _, new_key in pairs),
+        unexpected=(old_key for old_key, _ in pairs), pairs=pairs)
+
+
+def _rename_scope(base: str, old: str, new: str) -> str:
+    """What renames are grouped by: an attribute renamed anywhere is one cause; an index
+    renamed (``3`` -> ``4``: a layer inserted) is one per place."""
+    numeric = any(name.isascii() and name.isdigit() for name in (old, new))
+    return layer_skeleton(base) if numeric else ""
 
 
 def _folded_one(names: Iterable[str]) -> str:
@@ -161,7 +192,8 @@ def _folded_one(names: Iterable[str]) -> str:
     return folded[0] if len(folded) == 1 else f"{folded[0]} (and {len(folded) - 1} more)"
 
 
-def _skeleton(base: str) -> str:
+def layer_skeleton(base: str) -> str:
+    """``base`` with every integer segment replaced by ``#``: the same path in every layer."""
     return ".".join("#" if part.isascii() and part.isdigit() else part
                     for part in base.split("."))
 
@@ -196,70 +228,14 @@ def _join(base: str, segment: str) -> str:
     return f"{base}.{segment}" if base else segment
 
 
-def component_rule(pool: KeyPool) -> None:
-    """Whole submodules absent from one side: one finding per component (or per family of
-    components that differ only in a layer index)."""
-    for side in ("model", pool.name):
-        keys = pool.missing if side == "model" else pool.unexpected
-        everything = pool.current.keys() if side == "model" else pool.reference.keys()
-        families: dict[str, dict[str, list[str]]] = {}
-        for component, members in components(keys, everything).items():
-            families.setdefault(_skeleton(component), {})[component] = members
-        for family in sorted(families.values(), key=lambda f: min(f)):
-            _claim_component(pool, side, family)
-
-
-def _claim_component(pool: KeyPool, side: str, family: dict[str, list[str]]) -> None:
-    members = sorted(key for keys in family.values() for key in keys)
-    names = fold_keys(family)
-    shown = names[0] if len(names) == 1 else f"{names[0]} (and {len(names) - 1} more)"
-    count = f"{len(members)} tensors" if len(family) == 1 else (
-        f"{len(family)} components, {len(members)} tensors")
-    if side == "model":
-        pool.claim(Finding("missing_component", tuple(members),
-                           f"component `{shown}` ({count}) of the model is absent from the "
-                           f"{pool.name} (a partial checkpoint, e.g. a fine-tune that saved "
-                           "only what it trained)"), missing=members)
-    else:
-        pool.claim(Finding("unexpected", tuple(members),
-                           f"component `{shown}` ({count}) of the {pool.name} is absent from "
-                           "the model"), unexpected=members)
-
-
-def components(keys: set[str], everything: Iterable[str]) -> dict[str, list[str]]:
-    """Group ``keys`` by the shortest prefix all of whose keys (in ``everything``) are in
-    ``keys``; keys under one prefix are contiguous in sorted order, so counting is a bisect."""
-    wanted, present = sorted(keys), sorted(everything)
-    components: dict[str, list[str]] = {}
-    index = 0
-    while index < len(wanted):
-        key = wanted[index]
-        for prefix in _prefixes(key):
-            inside = _count_under(wanted, prefix)
-            if inside >= 2 and inside == _count_under(present, prefix):
-                start = bisect_left(wanted, prefix + ".")
-                components[prefix] = wanted[start : start + inside]
-                index = start + inside
-                break
-        else:
-            index += 1
-    return components
-
-
-def _prefixes(key: str) -> Iterable[str]:
-    position = key.find(".")
-    while position != -1:
-        yield key[:position]
-        position = key.find(".", position + 1)
-
-
-def _count_under(ordered: list[str], prefix: str) -> int:
-    return bisect_left(ordered, prefix + "/") - bisect_left(ordered, prefix + ".")
-
-
 def prefix_swap_rule(pool: KeyPool) -> None:
     """One prefix replaced by another for many keys, not at a segment boundary: a key remap
-    that is off by a character (``text_model`` -> ``text_branch.``)."""
+    that is off by a character (``text_model`` -> ``text_branch.``).
+
+    One of the two prefixes is whole segments (the remap's intended string); two keys that
+    merely share trailing characters (``cls.predictions.decod|er.weight``,
+    ``classifi|er.weight``) are not a remap.
+    """
     if not pool.missing or not pool.unexpected or (
             len(pool.missing) + len(pool.unexpected) > MAX_RENAME_KEYS):
         return
@@ -275,20 +251,32 @@ def prefix_swap_rule(pool: KeyPool) -> None:
                 # vs 'audio_branch.0.bias' is the prefix 'audio_branch..' -> 'audio_branch.'
                 head = _common_prefix(key, other)
                 common = min(_common_suffix(key, other), min(len(key), len(other)) - head)
-                votes[(key[: len(key) - common], other[: len(other) - common])] += 1
+                old, new = key[: len(key) - common], other[: len(other) - common]
+                if _is_remap_slip(old, key, new, other):
+                    votes[(old, new)] += 1
     for (old, new), _ in votes.most_common(3):
         pairs = [(key, new + key[len(old):]) for key in sorted(pool.unexpected)
-                 if key.startswith(old) and new + key[len(old):] in pool.missing]
-        boundary = all(k[len(old):].startswith(".") and n[len(new):].startswith(".")
-                       for k, n in pairs)  # a clean segment swap is the rename rule's case
-        if len(pairs) >= 2 and old and new and not boundary:
+                 if key.startswith(old) and new + key[len(old):] in pool.missing
+                 and _is_remap_slip(old, key, new, new + key[len(old):])]
+        if len(pairs) >= 2:
             pool.claim(Finding(
                 "prefix", tuple(old_key for old_key, _ in pairs),
-                f"the {pool.name}'s keys start with '{old}' where the model's start with "
+                f"the {pool.name}'s keys start with '{old}' where the {pool.current_name}'s "
+                "start with "
                 f"'{new}': a key remap that is off (check the strings it replaces)",
                 (f"{len(pairs)} keys, e.g. {pairs[0][0]} -> {pairs[0][1]}",)),
                 missing=(new_key for _, new_key in pairs),
                 unexpected=(old_key for old_key, _ in pairs), pairs=pairs)
+
+
+def _is_remap_slip(old: str, key: str, new: str, other: str) -> bool:
+    """``key`` = ``old`` + tail and ``other`` = ``new`` + tail is a remap off by a character:
+    both prefixes given, at least one of them whole segments, and not a clean swap of whole
+    segments on both sides (the rename rule's case)."""
+    old_whole = old.endswith(".") or key[len(old):].startswith(".")
+    new_whole = new.endswith(".") or other[len(new):].startswith(".")
+    clean = key[len(old):].startswith(".") and other[len(new):].startswith(".")
+    return bool(old and new) and (old_whole or new_whole) and not clean
 
 
 def _common_prefix(left: str, right: str) -> int:
