@@ -156,7 +156,8 @@ def test_a_name_as_long_as_the_file_system_allows_is_written_and_read(project, m
     project.runpytest("--ckpt-snapshot-update", *mode).assert_outcomes(passed=1)
     project.runpytest(*mode).assert_outcomes(passed=1)
     written = list((project.path / "__snapshots__" / "test_a").iterdir())
-    assert [len(path.name.encode()) for path in written] == [255]
+    # 255 bytes less ".lock": syrupy's lock file beside it under xdist must fit too
+    assert [len(path.name.encode()) for path in written] == [250]
 
 
 def test_two_names_that_share_a_snapshot_file_collide(project, mode):

@@ -31,6 +31,13 @@ class ManifestSnapshotExtension(SingleFileSnapshotExtension):
     file_extension = "manifest.txt"
 
     @classmethod
+    def _max_stem_length(cls) -> int:
+        """syrupy's longest name, less room for the ``.lock`` file it puts beside a snapshot
+        under pytest-xdist (a 255-byte name leaves its controller failing to remove that
+        file: 'File name too long')."""
+        return int(super()._max_stem_length()) - len(".lock")
+
+    @classmethod
     def write_snapshot_collection(cls, *, snapshot_collection: SnapshotCollection,
                                   name_order: dict[str, int] | None = None) -> None:
         data = next(iter(snapshot_collection)).data
