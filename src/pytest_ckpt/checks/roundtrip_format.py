@@ -78,10 +78,7 @@ def tied_load(target: torch.nn.Module, state: dict[str, Any]) -> Any:
 
 
 def _drops_ties(saved: Manifest | None, target: torch.nn.Module) -> bool:
-    if saved is None:
-        return False
-    return any(len(set(group) & saved.key_set()) < len(group)
-               for group in Manifest.from_module(target).tie_groups().values())
+    return saved is not None and bool(dropped_ties(saved, Manifest.from_module(target)))
 
 
 def kept_ties(saved: Manifest, model: torch.nn.Module) -> Manifest:
