@@ -167,8 +167,8 @@ def test_diff_of_two_files_calls_them_checkpoint_a_and_checkpoint_b_never_the_mo
     assert any(line.startswith("  [weight_norm_layout] 2 keys: weight_norm layout differs: "
                                "checkpoint A legacy (weight_g/weight_v) in 1 modules, "
                                "checkpoint B parametrized") for line in lines)
-    assert ("  [dtype] 1 key: dtype differs: load_state_dict silently casts to the "
-            "checkpoint B's dtype") in lines
+    assert ("  [dtype] 1 key: dtype differs: load_state_dict casts to the checkpoint B's dtype "
+            "without a warning (an assign=True load keeps the checkpoint's instead)") in lines
 
 
 def test_diff_of_two_factories_calls_them_model_a_and_model_b(files):

@@ -92,7 +92,7 @@ def test_switching_the_vocoder_to_legacy_weight_norm_is_caught(example_project):
     ))
 
 
-def test_llama_vocab_change_is_a_shape_finding_on_the_7b_meta_manifest(example_project):
+def test_llama_vocab_change_is_a_vocabulary_resize_on_the_7b_meta_manifest(example_project):
     source = example_project.path / "example_models" / "llama.py"
     text = source.read_text()
     assert "vocab_size=32000" in text
@@ -100,11 +100,18 @@ def test_llama_vocab_change_is_a_shape_finding_on_the_7b_meta_manifest(example_p
     result = example_project.runpytest("example_models/test_llama.py")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(lines(
-        "  [shape] 2 keys: shape differs: load_state_dict raises 'size mismatch'",
+        "  [shape] 2 keys: the vocabulary was resized: 32000 tokens in the snapshot, 32064 in "
+        "the model (the model has 64 more tokens); load_state_dict raises 'size mismatch' on "
+        "the embedding table and every head that follows it",
         "      output.weight",
         "      tok_embeddings.weight",
         "      output.weight: [32000, 4096] in the snapshot, [32064, 4096] in the model "
         "(dim 0: 32000 -> 32064)",
+        "*",
+        "fix: resize the model to 32000 tokens before loading (transformers: "
+        "model.resize_token_embeddings(32000); or build it with vocab_size=32000), then resize "
+        "to 32064 after loading (the 64 new rows start at their initial value); if this change "
+        "is intended, run: pytest --ckpt-snapshot-update*",
     ))
 
 

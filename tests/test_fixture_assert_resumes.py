@@ -240,7 +240,8 @@ def test_a_resume_refused_by_weights_only_names_the_globals(trainer):
         "Unsupported * (resuming after step 3)",
         "      raised at */trainer.py:* in resume: checkpoint = torch.load(path, "
         "weights_only=True)",
-        "      what save() wrote, */resume.ckpt, is refused by torch.load(weights_only=True):",
+        "      what save() wrote, */resume.ckpt, is refused by torch.load(weights_only=True) for "
+        "the globals listed above",
         "fix: store plain Python values there*",
     ))
     assert "\x1b[" not in result.stdout.str()

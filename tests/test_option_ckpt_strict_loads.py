@@ -136,8 +136,14 @@ def test_a_slice_one_character_short_is_a_prefix_slip_not_a_partial_checkpoint(c
     result.stdout.fnmatch_lines(lines(
         "test_a.py::test_load: load_state_dict(strict=False) into CLAP silently dropped keys: "
         "4 of 8 tensors changed (called at */test_a.py:*)",
-        "  [prefix] 4 keys: the checkpoint's keys start with 'audio_branch..' where the model's "
-        "start with 'audio_branch.': a key remap that is off (check the strings it replaces)",
+        "  [prefix] 4 keys: a key remap that is off by 1 character: the checkpoint's keys start "
+        "with 'audio_branch..' where the model's start with 'audio_branch.', so none of these 4 "
+        "keys matches a key of the model",
+        "      4 keys, e.g. audio_branch..0.bias -> audio_branch.0.bias",
+        "fix: the closest correct mapping replaces 'audio_branch..' with 'audio_branch.' (e.g. "
+        "{k.replace('audio_branch..', 'audio_branch.', 1): v for k, v in state_dict.items()}); "
+        "correct the string or slice your remap uses (it keeps '.' of the old prefix: a slice 1 "
+        "character short, key[n:] where key[n+1:] was meant)",
     ))
     assert "missing_component" not in result.stdout.str()
 

@@ -18,12 +18,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.checkpoint.facts import ModelFacts
 from pytest_ckpt.checkpoint.manifest import Manifest
 from pytest_ckpt.errors import CheckpointReadError
 from pytest_ckpt.record.report import ReportError
+
+if TYPE_CHECKING:
+    from pytest_ckpt.diagnosis.container_diff import Container
+    from pytest_ckpt.diagnosis.findings import Finding
 
 EXIT_OK, EXIT_INCOMPATIBLE, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a command whose reader left (| head)
@@ -191,39 +195,95 @@ def _diff(a: str, b: str, *, as_json: bool) -> int:
     current = _side(b)  # first: a container of several state_dicts is read for B's model
     reference = _side(a, current.manifest.keys() if current.model is not None else None)
     reference_name, current_name = side_names(reference, current)
-    notes = []
+    notes = [f"{side.label} ({letter}): {note}" for side, letter in ((reference, "A"),
+                                                                     (current, "B"))
+             for note in _file_notes(side)]
     if current.model is not None:  # one key per tied group, as safetensors saves a tied model
         from pytest_ckpt.checkpoint.manifest import dropped_ties, with_kept_ties
 
         for key, kept in sorted(dropped_ties(reference.manifest, current.manifest).items()):
-            notes.append(f"note: {key} is not in A: B ties it to {kept}, which A holds (one "
+            notes.append(f"{key} is not in A: B ties it to {kept}, which A holds (one "
                          "key per tied group, as safetensors saves; safetensors.torch."
                          "load_model and from_pretrained re-tie it, a strict load_state_dict "
                          "raises Missing key(s))")
         reference = replace(reference, manifest=with_kept_ties(reference.manifest,
                                                                current.manifest))
+    from pytest_ckpt.formats import recorded_ties
+
     findings = diagnose(reference.manifest, current.manifest, facts=current.facts,
-                        reference_name=reference_name, current_name=current_name)
+                        reference_name=reference_name, current_name=current_name,
+                        recorded_ties=recorded_ties(Path(a)) if reference.model is None else {})
     from pytest_ckpt.formats.dcp import dcp_load_findings, is_dcp_directory
 
     if is_dcp_directory(Path(a)) and current.model is not None:  # what dcp.load does
         findings += dcp_load_findings(current.model, reference.manifest)
+    containers, container_fix = _container_findings(reference, current)
     if as_json:
-        print(json.dumps({"a": a, "b": b, "compatible": not findings,
-                          "findings": [finding.to_json() for finding in findings]}, indent=2))
-    elif findings:
-        print(render_failure(
-            f"{a} (A) and {b} (B) differ: {len(findings)} "
-            f"finding{'s' if len(findings) > 1 else ''} "
-            f"({len(reference.manifest)} entries in A, {len(current.manifest)} in B)",
-            findings, "fix: apply the hints above in the load path, or restore the old layout",
-            color=use_color(sys.stdout)))
-    else:
-        print(f"compatible: {a} and {b} have the same {len(current.manifest)} keys, "
-              "shapes and dtypes")
-    if not as_json:
-        print("\n".join(notes), end="\n" if notes else "")
-    return EXIT_INCOMPATIBLE if findings else EXIT_OK
+        print(json.dumps({"a": a, "b": b, "compatible": not (findings or containers),
+                          "findings": [finding.to_json() for finding in findings + containers],
+                          "notes": notes}, indent=2))
+        return EXIT_INCOMPATIBLE if findings or containers else EXIT_OK
+    noted = [f"note: {note}" for note in notes]
+    if findings or containers:
+        every = findings + containers
+        count = f"{len(every)} finding{'s' if len(every) > 1 else ''}"
+        headline = (f"{a} (A) and {b} (B) differ: {count} ({len(reference.manifest)} entries "
+                    f"in A, {len(current.manifest)} in B)") if findings else (
+            f"{a} (A) and {b} (B) hold the same weights ({len(current.manifest)} keys, shapes "
+            f"and dtypes) but their containers differ: {count}")
+        fix = container_fix if not findings else next(
+            (finding.fix for finding in findings if finding.fix),
+            "fix: apply the hints above in the load path, or restore the old layout")
+        *body, last = render_failure(headline, every, fix, color=use_color(sys.stdout)).split(
+            "\n")
+        print("\n".join([*body, *noted, last]))  # the fix stays the last line
+        return EXIT_INCOMPATIBLE
+    print("\n".join([f"compatible: {a} and {b} have the same {len(current.manifest)} keys, "
+                     "shapes and dtypes", *noted]))
+    return EXIT_OK
+
+
+def _file_notes(side: Side) -> list[str]:
+    """The notes ``show`` prints about a checkpoint file (a legacy layout, accelerator
+    storages, FSDP shards); none for a model."""
+    from pytest_ckpt.formats import file_notes
+
+    return [] if side.model is not None else file_notes(Path(side.label))
+
+
+def _container_findings(a: Side, b: Side) -> tuple[list[Finding], str]:
+    """What differs between the containers of two torch files (where the weights sit, the
+    entries beside them), and the fix when nothing else differs."""
+    from pytest_ckpt.diagnosis.container_diff import container_fix, diff_containers
+
+    names = side_names(a, b)
+    left, right = _container(a, names[0]), _container(b, names[1])
+    if left is None or right is None:
+        return [], ""
+    return diff_containers(left, right), container_fix(left, right)
+
+
+def _container(side: Side, name: str) -> Container | None:
+    """A torch file's container as ``diff`` compares it; ``None`` for a model, another format
+    or form, or a file ``torch.load(weights_only=True)`` refuses (its header was read)."""
+    from pytest_ckpt.formats import detect_form, detect_format
+
+    path = Path(side.label)
+    if side.model is not None or detect_format(path).name != "torch" or detect_form(path):
+        return None
+    from pytest_ckpt.checkpoint.container import container_layout
+    from pytest_ckpt.checkpoint.schema import Schema
+    from pytest_ckpt.diagnosis.container_diff import Container
+    from pytest_ckpt.formats.torch_zip import load_weights_only
+
+    try:
+        loaded = load_weights_only(path)  # memory-mapped: tensor data is not read
+    except CheckpointReadError:
+        return None
+    layout = container_layout(loaded)
+    if layout is None:
+        return None
+    return Container(name, Schema.of(loaded), layout, frozenset(side.manifest.keys()))
 
 
 def _side(spec: str, model_keys: Sequence[str] | None = None) -> Side:

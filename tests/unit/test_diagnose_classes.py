@@ -205,10 +205,11 @@ def test_kernel_size_change_names_the_dimension():
 
 def test_bf16_checkpoint_into_fp32_model_and_back_flags_the_lossy_direction():
     half = nn.Linear(2, 2).to(torch.bfloat16).state_dict()
-    assert "(lossy cast)" not in only(findings_for(half, nn.Linear(2, 2))).details[0]
+    assert "lossy cast" not in only(findings_for(half, nn.Linear(2, 2))).details[0]
     lossy = only(findings_for(nn.Linear(2, 2).state_dict(), nn.Linear(2, 2).to(torch.bfloat16)))
     assert lossy.kind == "dtype"
-    assert lossy.details[0].endswith("(lossy cast)")
+    assert lossy.details[0].endswith("(lossy cast: 8 of 24 significand bits kept, about 2.4 "
+                                     "significant digits)")
 
 
 def test_tied_weight_dropped_by_safetensors_is_a_tied_weights_finding():
@@ -261,7 +262,12 @@ def test_a_remap_off_by_one_character_is_a_prefix_finding():
                   for key, value in model.state_dict().items()}
     finding = only(findings_for(checkpoint, model))
     assert finding.kind == "prefix"
-    assert finding.hint.startswith("the checkpoint's keys start with 'text_model' where the "
-                                   "model's start with 'text_branch.'")
+    assert finding.hint == ("a key remap that is off: the checkpoint's keys start with "
+                            "'text_model' where the model's start with 'text_branch.', so none "
+                            "of these 4 keys matches a key of the model")
+    assert finding.fix == ("fix: the closest correct mapping replaces 'text_model' with "
+                           "'text_branch.' (e.g. {k.replace('text_model', 'text_branch.', 1): v "
+                           "for k, v in state_dict.items()}); correct the string or slice your "
+                           "remap uses")
     assert finding.keys == ("text_modelembeddings.bias", "text_modelembeddings.weight",
                             "text_modelencoder.bias", "text_modelencoder.weight")

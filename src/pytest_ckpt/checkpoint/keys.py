@@ -82,3 +82,23 @@ def _expand_numbers(body: str) -> list[str]:
 def natural_key(text: str) -> list[Any]:
     return [(0, int(part), "") if part.isascii() and part.isdigit() else (1, 0, part)
             for part in re.split(r"([0-9]+)", text)]
+
+
+def common_prefix_length(left: str, right: str) -> int:
+    """How many leading characters two strings share."""
+    count = 0
+    for a, b in zip(left, right, strict=False):
+        if a != b:
+            break
+        count += 1
+    return count
+
+
+def common_suffix_length(left: str, right: str) -> int:
+    """How many trailing characters two strings share."""
+    count = 0
+    for a, b in zip(reversed(left), reversed(right), strict=False):
+        if a != b:
+            break
+        count += 1
+    return count

@@ -13,7 +13,7 @@ its outputs bit for bit.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -194,12 +194,37 @@ def _move(state: dict[str, Any], site: tuple[str, str], layout: str, to: str,
     state.update(zip(weight_norm_keys(*site, to), values, strict=True))
 
 
+def norms_of_loaded(tensors: Mapping[str, torch.Tensor],
+                    loaded: Callable[[torch.Tensor], bool]) -> set[str]:
+    """The ``g`` keys of ``tensors`` that weight_norm computed from a ``v`` for which
+    ``loaded(v)``: a plain weight (an export made after remove_weight_norm()) loaded and
+    re-wrapped sets ``v = weight`` and ``g = norm_except_dim(weight, 2, dim)``, so ``g`` holds
+    no checkpoint tensor, yet nothing is missing."""
+    import torch
+
+    derived = set()
+    for site, layout in key_layouts(set(tensors)).items():
+        g_key, v_key = weight_norm_keys(*site, layout)
+        g, v = tensors[g_key], tensors[v_key]
+        if not (loaded(v) and g.is_floating_point()):
+            continue
+        norm = torch.norm_except_dim(v.detach(), 2, _dim_of(g, v))
+        if norm.shape == g.shape and bool(torch.allclose(norm, g.detach(), rtol=1e-6,
+                                                         atol=0.0)):
+            derived.add(g_key)
+    return derived
+
+
 def _dim_of(g: torch.Tensor, v: torch.Tensor) -> int:
-    """The ``dim`` a ``g`` of this shape was computed over (``-1`` for ``dim=None``)."""
-    if g.dim() == 0:
+    return norm_dim(tuple(g.shape), tuple(v.shape))
+
+
+def norm_dim(g_shape: tuple[int, ...], v_shape: tuple[int, ...]) -> int:
+    """The ``dim`` a ``g`` of this shape was computed over (``-1`` for ``dim=None``). Pure."""
+    if not g_shape:
         return -1
-    for axis, (g_size, v_size) in enumerate(zip(g.shape, v.shape, strict=True)):
-        if g_size == v_size and all(size == 1 for i, size in enumerate(g.shape) if i != axis):
+    for axis, (g_size, v_size) in enumerate(zip(g_shape, v_shape, strict=False)):
+        if g_size == v_size and all(size == 1 for i, size in enumerate(g_shape) if i != axis):
             return axis
     return 0
 

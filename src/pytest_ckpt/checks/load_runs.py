@@ -15,12 +15,14 @@ exception, all of them do.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_ckpt.checkpoint.keys import common_suffix_length
 from pytest_ckpt.checkpoint.manifest import Manifest
 from pytest_ckpt.checkpoint.values import bitwise_equal, digest, poison_, poisoned_value
+from pytest_ckpt.checks.casts import dtypes_of, retyped_finding
 from pytest_ckpt.checks.own_loads import own_loads
 from pytest_ckpt.diagnosis.findings import Finding
 
@@ -42,6 +44,10 @@ class LoadRun:
     # handed load_state_dict (its own remap applied), else the checkpoint's
     unexpected: Manifest
     note: str | None = None
+    load_state_dict_calls: int = 0  # how often the load path called model.load_state_dict
+    retyped: Finding | None = None  # model tensors whose dtype the load changed
+    # checkpoint keys the load path handed to load_state_dict under another name, unreached
+    renamed: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,10 @@ def run_load(model: torch.nn.Module, state: dict[str, Any] | None, manifest: Man
     for tensor in {id(tensor): tensor for tensor in tensors.values()}.values():
         poison_(tensor, avoid=references[id(tensor)])
     handed: list[dict[str, Any]] = []
+    dtypes = dtypes_of(model)
+    recording = Recording(model, handed)
     try:
-        with Recording(model, handed), own_loads():
+        with recording, own_loads():
             result = _call(model, state, load, load_from, path)
     except Exception as error:  # the project's load path raised: a finding, not a traceback
         _restore(model, tensors, original, set(tensors))
@@ -95,8 +103,10 @@ def run_load(model: torch.nn.Module, state: dict[str, Any] | None, manifest: Man
         at_poison = {key for key, tensor in tensors.items() if after.get(key) is tensor
                      and _at_poison(tensor, references[id(tensor)])}
         _restore(model, tensors, original, at_poison)
-    return _classify(loaded, state, manifest, at_poison, handed,
-                     own_path=load is not None or load_from is not None)
+    run = _classify(loaded, state, manifest, at_poison, handed,
+                    own_path=load is not None or load_from is not None)
+    return replace(run, load_state_dict_calls=len(handed), retyped=retyped_finding(
+        dtypes, dtypes_of(loaded), recording.assigned))
 
 
 def _call(model: torch.nn.Module, state: dict[str, Any] | None, load: Any, load_from: Any,
@@ -105,7 +115,10 @@ def _call(model: torch.nn.Module, state: dict[str, Any] | None, load: Any, load_
         return load_from(model, path)
     if state is None:
         raise ValueError("no state_dict to load")  # pragma: no cover - callers give one
-    return (load or (lambda m, s: m.load_state_dict(s, strict=False)))(model, dict(state))
+    from pytest_ckpt.formats.torch_zip import with_metadata
+
+    return (load or (lambda m, s: m.load_state_dict(s, strict=False)))(model,
+                                                                        with_metadata(state))
 
 
 class Recording:
@@ -116,6 +129,7 @@ class Recording:
     def __init__(self, model: torch.nn.Module, handed: list[Any],
                  keep: Callable[[Any], Any] = dict) -> None:
         self.model, self.handed, self.keep = model, handed, keep
+        self.assigned = False  # a call passed assign=True
 
     def __enter__(self) -> None:
         original = self.model.load_state_dict
@@ -123,6 +137,8 @@ class Recording:
 
         def recording(state_dict: Any, *args: Any, **kwargs: Any) -> Any:
             handed.append(keep(state_dict))
+            self.assigned = self.assigned or bool(kwargs.get("assign", args[1] if len(args) > 1
+                                                             else False))
             return original(state_dict, *args, **kwargs)
 
         self.model.load_state_dict = recording  # type: ignore[method-assign]
@@ -167,6 +183,8 @@ def _classify(loaded: torch.nn.Module, state: dict[str, Any] | None, manifest: M
               own_path: bool) -> LoadRun:
     import torch
 
+    from pytest_ckpt.checkpoint.weight_norm import norms_of_loaded
+
     model_tensors = {k: v for k, v in loaded.state_dict().items()
                      if isinstance(v, torch.Tensor) and v.numel()}
     if state is None:  # only names are known
@@ -187,51 +205,70 @@ def _classify(loaded: torch.nn.Module, state: dict[str, Any] | None, manifest: M
              and not (key in provided and _holds(tensor, provided[key]))]
     held = {digest(tensor) for tensor in [*moved, *computed]} - {None}
     available = {digest(tensor) for tensor in provided.values()} - {None}
+    # a weight_norm g computed from a loaded plain weight (re-wrapping an export)
+    derived = norms_of_loaded(model_tensors, lambda v: digest(v) in available)
     not_written, wrong = [], []
     for key, tensor in model_tensors.items():
         own = provided.get(key)
         if key not in at_poison and ((own is not None and _holds(tensor, own))
-                                     or digest(tensor) in available):
+                                     or digest(tensor) in available or key in derived):
             continue
         if key in at_poison or own is None:
             not_written.append(key)
         else:
             wrong.append(key)
     unreached = {key: value for key, value in state.items()
-                 if not _reached(key, value, model_tensors, held, keys)}
+                 if not _reached(key, value, model_tensors, held, keys - at_poison)}
+    renamed = _handed_names(unreached, handed)
     return LoadRun(loaded, tuple(sorted(not_written)), tuple(sorted(wrong)),
-                   _as_handed(unreached, handed))
+                   Manifest.from_state_dict({renamed.get(key, key): value
+                                             for key, value in unreached.items()}),
+                   renamed={key: name for key, name in renamed.items() if name != key})
 
 
 def _reached(key: str, value: Any, model_tensors: dict[str, torch.Tensor], held: set[Any],
              keys: set[str]) -> bool:
     """Whether a checkpoint entry reached the model: a tensor's value is held by some model
-    tensor (under any name); an empty tensor or another value, by its key."""
+    tensor (under any name); an empty tensor or another value, by its key. ``keys``: the
+    model's keys the load wrote (one still at its poison holds its own initial value again,
+    which may equal the checkpoint's: it was not loaded)."""
     import torch
 
     if not isinstance(value, torch.Tensor) or not value.numel():
         return key in keys
-    own = model_tensors.get(key)
+    own = model_tensors.get(key) if key in keys else None
     return digest(value) in held or (own is not None and _holds(own, value))
 
 
-def _as_handed(unreached: dict[str, Any], handed: list[dict[str, Any]]) -> Manifest:
-    """The unreached entries under the names the load path gave them (matched by value)."""
+def _handed_names(unreached: dict[str, Any], handed: list[dict[str, Any]]) -> dict[str, str]:
+    """The name the load path gave each unreached entry (matched by value; of several handed
+    names holding one value, such as a BatchNorm's zero bias and zero running mean, the one
+    whose name ends most like the entry's, each name used once)."""
     import torch
 
-    names: dict[Any, str] = {}
+    names: dict[Any, list[str]] = {}
     given_keys: set[str] = set()
     for given in handed:
         given_keys.update(given)
         for key, value in given.items():
             if isinstance(value, torch.Tensor) and value.numel():
-                names.setdefault(digest(value), key)
+                names.setdefault(digest(value), []).append(key)
     # an entry handed on under its own name keeps it (a constant such as a LayerNorm's ones
     # is not renamed after another key that holds the same value)
-    renamed = {key if key in given_keys or not isinstance(value, torch.Tensor)
-               or not value.numel() else names.get(digest(value), key): value
-               for key, value in unreached.items()}
-    return Manifest.from_state_dict(renamed)
+    renamed: dict[str, str] = {}
+    used: set[str] = set()
+    for key, value in unreached.items():
+        if key in given_keys or not isinstance(value, torch.Tensor) or not value.numel():
+            renamed[key] = key
+            used.add(key)
+            continue
+        candidates = [name for name in dict.fromkeys(names.get(digest(value), ()))
+                      if name not in used]
+        name = max(candidates, key=lambda name: common_suffix_length(name, key)) \
+            if candidates else key
+        used.add(name)
+        renamed[key] = name
+    return renamed
 
 
 def _holds(tensor: torch.Tensor, provided: torch.Tensor) -> bool:

@@ -6,6 +6,7 @@ of the project's loader is a finding with its frame, not a traceback."""
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from pytest_ckpt.checks.load_runs import LoadRaised, LoadRun, run_load
 from pytest_ckpt.diagnosis.engine import diagnose
 from pytest_ckpt.diagnosis.findings import Finding, fix_for, render_failure
 from pytest_ckpt.errors import CkptUsageError
+from pytest_ckpt.formats import recorded_ties
 
 if TYPE_CHECKING:
     import torch
@@ -49,20 +51,25 @@ def assert_loads(context: CheckContext, model: torch.nn.Module,
     run = run_load(model, state, manifest, load=load, load_from=load_from, path=path,
                    container=container)
     if isinstance(run, LoadRaised):
-        findings = run.findings(model, state)
+        from pytest_ckpt.checks.remap_findings import partly_stripped
+
+        findings = partly_stripped(run.findings(model, state), manifest.keys())
         context.record("loads", findings, run.line, note=choice)
         context.fail(render_failure(
             f"checkpoint {name} does not load into {type(model).__name__}: the load path "
-            f"raised {run.line}{said}", findings, fix_for(findings, context.update_command,
-                                                     default=FIX), color=context.color),
+            f"raised {run.line}{said}", findings, fix_for(
+                findings, context.update_command, default=FIX, against_record=False),
+            color=context.color),
             check=None)
-    findings = _findings(run, manifest, missing_patterns, unexpected_patterns)
+    findings = _findings(run, manifest, missing_patterns, unexpected_patterns, state,
+                         recorded_ties(path) if path is not None else {})
     context.record("loads", findings, note="; ".join(filter(None, (choice, run.note))) or None)
     if findings:
         context.fail(render_failure(
             f"checkpoint {name} does not load into {type(model).__name__} as declared{said}",
             findings, declaration_fix(findings, run.model, allow_missing) or fix_for(
-                findings, context.update_command, default=FIX), color=context.color))
+                findings, context.update_command, default=FIX, against_record=False),
+            color=context.color))
 
 
 def declaration_fix(findings: list[Finding], model: torch.nn.Module,
@@ -135,17 +142,34 @@ def _read(path: Path, safe_globals: Sequence[Any], model_keys: Collection[str],
 
 
 def _findings(run: LoadRun, manifest: Manifest, missing_patterns: tuple[str, ...],
-              unexpected_patterns: tuple[str, ...]) -> list[Finding]:
+              unexpected_patterns: tuple[str, ...], state: Mapping[str, Any] | None,
+              ties: Mapping[str, str]) -> list[Finding]:
+    from pytest_ckpt.checks.batchnorm_counts import batchnorm_gaps
+    from pytest_ckpt.checks.casts import lossy_cast_finding
+    from pytest_ckpt.checks.remap_findings import overmatched, partly_stripped
+
     provided = set(manifest.keys())
     gaps = set(run.not_written) - provided - matched(missing_patterns, run.not_written)
+    tolerated, counts = batchnorm_gaps(run.model, gaps, state if state is not None else {
+        key: None for key in provided}, called_load_state_dict=run.load_state_dict_calls > 0)
+    gaps -= tolerated | {key for finding in counts for key in finding.keys}
+    model = Manifest.from_module(run.model)
+    remap = overmatched(run.renamed, set(run.not_written) & provided, model.key_set())
+    if remap is not None:
+        run = replace(run, not_written=tuple(key for key in run.not_written
+                                             if key not in remap.keys),
+                      unexpected=Manifest(tuple(row for row in run.unexpected
+                                                if row.key not in remap.related)))
     unexpected = run.unexpected.keys()
     extra = set(unexpected) - matched(unexpected_patterns, unexpected)
-    model = Manifest.from_module(run.model)
     findings = diagnose(Manifest(tuple(row for row in run.unexpected if row.key in extra)),
                         Manifest(tuple(row for row in model if row.key in gaps)),
-                        facts=ModelFacts.from_module(run.model))
-    return findings + declared_findings(run, provided, allow_missing=missing_patterns,
-                                        allow_unexpected=unexpected_patterns)
+                        facts=ModelFacts.from_module(run.model), recorded_ties=ties)
+    findings = partly_stripped(findings, provided) + ([remap] if remap is not None else [])
+    casts = [finding for finding in (run.retyped, lossy_cast_finding(run.model, state or {}))
+             if finding is not None]
+    return findings + counts + casts + declared_findings(
+        run, provided, allow_missing=missing_patterns, allow_unexpected=unexpected_patterns)
 
 
 def matches(pattern: str, key: str) -> bool:

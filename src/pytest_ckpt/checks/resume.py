@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pytest_ckpt.checks.context import CheckContext
+from pytest_ckpt.checks.resume_errors import failure_findings
 from pytest_ckpt.checks.resume_findings import (
     ResumeFailure,
     Trace,
     compare,
-    failure_findings,
     has_scheduler,
     loop_state,
     loop_state_findings,

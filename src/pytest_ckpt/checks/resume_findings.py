@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.checkpoint.values import bitwise_equal
-from pytest_ckpt.checks.user_code import error_line, frame_container, lookup_findings, user_frame
 from pytest_ckpt.diagnosis.findings import Finding
 from pytest_ckpt.errors import CheckpointReadError, first_line
 
@@ -113,51 +112,6 @@ def _merged(files: dict[str, Any]) -> Any:
     if files and all(isinstance(container, dict) for container in files.values()):
         return {key: value for container in files.values() for key, value in container.items()}
     return files or None
-
-
-def failure_findings(failure: ResumeFailure, saved: Saved | None,
-                     model: torch.nn.Module | None) -> list[Finding]:
-    """The findings for training code that raised: the frame, the error, and what the
-    checkpoint (or, in the uninterrupted run, the code's own objects) held."""
-    from pytest_ckpt.formats.torch_zip import unsafe_finding
-
-    error = failure.error
-    frame = user_frame(error)
-    where = f"raised at {frame.render()}" if frame else "raised in the training code"
-    if failure.uninterrupted:
-        run = (f"the uninterrupted run raised {error_line(error, 160)} at step "
-               f"{failure.step + 1}, before any save or resume")
-        holder, container = frame_container(error)
-        found = lookup_findings(error, frame, container, model, holder=holder or "")
-        if found and holder is not None:
-            return [Finding(finding.kind, finding.keys, (
-                f"the uninterrupted run (before any save or resume) at step "
-                f"{failure.step + 1}: {finding.hint}"), finding.details, finding.related,
-                finding.fix) for finding in found]
-        return [Finding("training_state", (), run, (where,), fix=(
-            "fix: the training code fails on its own, without a resume: fix the frame above "
-            "(pytest-ckpt compares runs only once both complete)"))]
-    assert saved is not None
-    hint = (f"the resume path raised {error_line(error, 160)} (resuming after step "
-            f"{failure.step})")
-    if saved.refused is not None:
-        from pytest_ckpt.formats.torch_zip import read_failure
-
-        fix = read_failure(saved.refused)[0].splitlines()[-1]
-        return [Finding("training_state", (), hint, (
-            where, f"what save() wrote, {saved.refused.path}, is refused by "
-                   "torch.load(weights_only=True):"), fix=fix), unsafe_finding(saved.refused)]
-    if "initial_lr" in str(error):
-        return [Finding("training_state", (), hint + (
-            "; a scheduler built with last_epoch >= 0 needs 'initial_lr' in every param_group: "
-            "load the optimizer state before building the scheduler"), (where, saved.held()))]
-    found = lookup_findings(error, frame, saved.container, model)
-    if found and any(finding.fix for finding in found):
-        return [Finding(finding.kind, finding.keys,
-                        f"resuming after step {failure.step}, {finding.hint}",
-                        (*finding.details, saved.held()), finding.related, finding.fix)
-                for finding in found]
-    return [Finding("training_state", (), hint, (where, saved.held()))]
 
 
 def compare(baseline: Trace, resumed: Trace, at: int, path: Path, *,

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from pytest_ckpt.checkpoint.container import ContainerLayout
 
 
+GUARD_FIX = ("fix: fix the key mapping, or declare the expected gaps with "
+             "@pytest.mark.ckpt_strict_loads(allow_missing=[...], allow_unexpected=[...])")
+
+
 @dataclass(frozen=True)
 class SilentLoad:
     """One non-strict load that left keys out, and where it was called."""
@@ -109,8 +113,7 @@ class StrictLoadGuard:
                 f"load_state_dict(strict=False) into {load.model} silently dropped keys: "
                 f"{load.changed} of {load.tensors} tensors changed (called at "
                 f"{load.location})", load.findings,
-                "fix: fix the key mapping, or declare the expected gaps with "
-                "@pytest.mark.ckpt_strict_loads(allow_missing=[...], allow_unexpected=[...])",
+                next((finding.fix for finding in load.findings if finding.fix), GUARD_FIX),
                 color=color))
         return f"{nodeid}: " + "\n\n".join(parts)
 

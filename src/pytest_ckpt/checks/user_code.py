@@ -5,6 +5,7 @@ nor the other way round)."""
 
 from __future__ import annotations
 
+import difflib
 import re
 import traceback
 from collections.abc import Iterator, Mapping
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_ckpt.checkpoint.manifest import Manifest, ManifestRow
 from pytest_ckpt.checkpoint.schema import TRAINING_KEYS
 from pytest_ckpt.diagnosis.findings import Finding
-from pytest_ckpt.errors import first_line
+from pytest_ckpt.errors import first_line, without_unsafe_advice
 
 if TYPE_CHECKING:
     import torch
@@ -74,6 +75,14 @@ def error_line(error: BaseException, limit: int = 300) -> str:
     else:
         text = first_line(error, limit=limit)
     return f"{type(error).__name__}: {_ANSI.sub('', text)}"
+
+
+def folded_message(error: BaseException) -> str:
+    """The whole message of ``error`` on one line: ANSI codes stripped, whitespace folded,
+    advice to load with ``weights_only=False`` dropped (a ``KeyError``'s text, not its repr)."""
+    message = error.args[0] if isinstance(error, KeyError) and len(error.args) == 1 else None
+    text = message if isinstance(message, str) else str(error)
+    return " ".join(_ANSI.sub("", without_unsafe_advice(text)).split())
 
 
 def raised_line(error: BaseException) -> str:
@@ -178,7 +187,7 @@ def lookup_findings(error: BaseException, frame: UserFrame | None, container: An
             f"({holder or 'checkpoint'}{places[0]})"))]
     if key is not None and container is not None:
         return [Finding("training_state", (key,), _absent_hint(key, container, raised),
-                        (where, _top_level(container)), fix=_absent_fix(key, container))]
+                        (where, _top_level(container)), fix=_absent_fix(key, container, frame))]
     return [Finding("training_state", (), f"{raised} (a lookup failed in the load or resume "
                                           "path)", (where,))]
 
@@ -195,7 +204,27 @@ def _absent_hint(key: str, container: Any, raised: str) -> str:
     if _weights_only(key, container):
         return (f"{raised}: the checkpoint holds no `{key}`, and no training state at all: "
                 "a weights-only checkpoint given to a training resume")
+    other = _saved_as(key, container)
+    if other is not None:
+        value = container[other]
+        shown = f" ({value!r})" if isinstance(value, (int, float, str)) else ""
+        return (f"{raised}: the checkpoint holds no `{key}` but holds `{other}`{shown}: the "
+                "save writes it under another name than the resume reads, so the frame shown "
+                "is the bug")
     return f"{raised}: the checkpoint holds no `{key}`"
+
+
+def _saved_as(key: str, container: Any) -> str | None:
+    """The top-level entry that is ``key`` under another name (``step`` for ``global_step``,
+    ``initial_lr`` for ``lr_initial``): a name of ``key``'s words, or a close spelling."""
+    words = set(key.lower().split("_"))
+    tops = [str(top) for top in _tops(container)]
+    for top in tops:
+        other = set(top.lower().split("_"))
+        if top != key and other <= words:
+            return top
+    close = difflib.get_close_matches(key, tops, n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def _weights_only(key: str, container: Any) -> bool:
@@ -203,10 +232,15 @@ def _weights_only(key: str, container: Any) -> bool:
     return training and not any(str(top) in TRAINING_KEYS for top in _tops(container))
 
 
-def _absent_fix(key: str, container: Any) -> str:
+def _absent_fix(key: str, container: Any, frame: UserFrame | None) -> str:
     if _weights_only(key, container):
         return (f"fix: resume from a training checkpoint (one that saves {key!r}), or let the "
                 f"resume path start fresh on a weights-only file (checkpoint.get({key!r}, 0))")
+    other = _saved_as(key, container)
+    if other is not None:
+        at = f" at {frame.short}" if frame is not None else ""
+        return (f"fix: read checkpoint[{other!r}]{at} (the name save() writes), or save it as "
+                f"{key!r}: one name on both sides")
     return (f"fix: save {key!r} in the checkpoint, or read it with a default "
             f"(checkpoint.get({key!r}))")
 

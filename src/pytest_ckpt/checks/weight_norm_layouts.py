@@ -242,8 +242,10 @@ def layout_fix(checkpoint: str, model: str | None, loaders: list[str]) -> tuple[
                 f"where hook(state_dict, prefix, *_) renames each key ending in {old0!r} / "
                 f"{old1!r} to {new0!r} / {new1!r}", _HELPER)
     if checkpoint == REMOVED:
-        return ("fix, plain torch: load the plain weights into the model built without "
-                "weight_norm, then apply weight_norm (it sets weight_v = weight, weight_g = "
-                "its norm over every dim but 0)", _HELPER)
+        return ("fix, plain torch: build the model with weight_norm, remove it "
+                "(torch.nn.utils.remove_weight_norm, or parametrize.remove_parametrizations), "
+                "load the plain weights, then apply weight_norm again (it sets weight_v = "
+                "weight, weight_g = the norm of weight over every dim except its dim, 0 by "
+                "default)", _HELPER)
     return ("fix, plain torch: in a load_state_dict pre-hook, replace each weight_g/weight_v "
             "pair by weight = torch._weight_norm(weight_v, weight_g, 0)", _HELPER)

@@ -10,6 +10,7 @@ by a later one, so whatever is left is reported as plain ``missing``/``unexpecte
 from __future__ import annotations
 
 import gc
+from collections.abc import Mapping
 from operator import attrgetter
 
 from pytest_ckpt.checkpoint.facts import ModelFacts
@@ -17,33 +18,33 @@ from pytest_ckpt.checkpoint.keys import natural_key
 from pytest_ckpt.checkpoint.manifest import Manifest, ManifestRow
 from pytest_ckpt.diagnosis.findings import Finding, sort_findings
 from pytest_ckpt.diagnosis.pool import KeyPool, Rule
+from pytest_ckpt.diagnosis.rules.attention import mha_packing_rule
 from pytest_ckpt.diagnosis.rules.components import component_rule
 from pytest_ckpt.diagnosis.rules.fsdp import fsdp_rule
 from pytest_ckpt.diagnosis.rules.layouts import (
-    mha_packing_rule,
     norm_names_rule,
     parametrization_rule,
     weight_norm_rule,
 )
-from pytest_ckpt.diagnosis.rules.structure import (
-    buffer_rule,
-    prefix_rule,
-    prefix_swap_rule,
-    rename_rule,
-)
+from pytest_ckpt.diagnosis.rules.prefixes import prefix_rule, prefix_swap_rule
+from pytest_ckpt.diagnosis.rules.structure import buffer_rule, rename_rule
+from pytest_ckpt.diagnosis.signatures import dtype_findings, shape_findings
 
 
 def diagnose(reference: Manifest, current: Manifest, *, facts: ModelFacts | None = None,
-             reference_name: str = "checkpoint", current_name: str = "model") -> list[Finding]:
+             reference_name: str = "checkpoint", current_name: str = "model",
+             recorded_ties: Mapping[str, str] | None = None) -> list[Finding]:
     """Findings that explain why ``reference`` does not match ``current``; empty when equal.
     The names say what each side is in the messages (``pytest-ckpt diff`` of two files
-    calls them "checkpoint A" and "checkpoint B")."""
+    calls them "checkpoint A" and "checkpoint B"). ``recorded_ties``: the tied keys the
+    reference file left out and the key each is tied to, as its metadata records them."""
     # The rules allocate many small tuples and create no reference cycles: pausing the cyclic
     # collector keeps it from rescanning large manifests over and over (2x on 100k keys).
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _diagnose(reference, current, facts, (reference_name, current_name))
+        return _diagnose(reference, current, facts, (reference_name, current_name),
+                         recorded_ties or {})
     finally:
         if paused:
             gc.enable()
@@ -57,11 +58,12 @@ RULES: tuple[Rule, ...] = (fsdp_rule, prefix_rule, weight_norm_rule, parametriza
 
 
 def _diagnose(reference: Manifest, current: Manifest, facts: ModelFacts | None,
-              names: tuple[str, str]) -> list[Finding]:
+              names: tuple[str, str], recorded_ties: Mapping[str, str]) -> list[Finding]:
     missing, unexpected, changed = _merge(reference.rows, current.rows)
     pool = KeyPool(reference, current, facts or ModelFacts(), names[0],
                    missing=set(missing), unexpected=set(unexpected), current_name=names[1])
     pool.findings += _tie_findings(reference, current, *names)
+    pool.findings += _untied_consumer(missing, current, recorded_ties, *names)
     pool.missing -= {key for finding in pool.findings for key in finding.keys}
     for rule in RULES:
         if pool.missing or pool.unexpected:
@@ -72,8 +74,8 @@ def _diagnose(reference: Manifest, current: Manifest, facts: ModelFacts | None,
     changed += [(old_rows[old], new_rows[new]) for old, new in pool.pairs
                 if signature(old_rows[old]) != signature(new_rows[new])]
     common = sorted(changed, key=lambda pair: (natural_key(pair[1].key), pair[1].key))
-    pool.findings += _shape_findings(common, *names)
-    pool.findings += _dtype_findings(common, *names)
+    pool.findings += shape_findings(common, pool.facts, *names)
+    pool.findings += dtype_findings(common, *names)
     return sort_findings(pool.findings)
 
 
@@ -115,47 +117,6 @@ def _generic(pool: KeyPool) -> None:
             f"raises 'Unexpected key(s) in state_dict'"))
 
 
-def _shape_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
-                    reference_name: str, current_name: str) -> list[Finding]:
-    changed = [(old, new) for old, new in pairs if old.shape != new.shape]
-    if not changed:
-        return []
-    details = tuple(f"{old.key}: {list(old.shape)} in the {reference_name}, "
-                    f"{list(new.shape)} in the {current_name}"
-                    f"{_changed_dims(old.shape, new.shape)}"
-                    for old, new in changed)
-    return [Finding("shape", tuple(new.key for _, new in changed),
-                    "shape differs: load_state_dict raises 'size mismatch'", details)]
-
-
-def _changed_dims(old: tuple[int, ...], new: tuple[int, ...]) -> str:
-    if len(old) != len(new):
-        return f" (rank {len(old)} -> {len(new)})"
-    dims = [f"dim {i}: {a} -> {b}" for i, (a, b) in enumerate(zip(old, new, strict=True))
-            if a != b]
-    return f" ({', '.join(dims)})"
-
-
-_LOSSY = {("float32", "bfloat16"), ("float32", "float16"), ("float64", "float32"),
-          ("float64", "float16"), ("float64", "bfloat16"), ("float16", "bfloat16"),
-          ("bfloat16", "float16"), ("int64", "int32")}
-
-
-def _dtype_findings(pairs: list[tuple[ManifestRow, ManifestRow]],
-                    reference_name: str, current_name: str) -> list[Finding]:
-    changed = [(old, new) for old, new in pairs if old.dtype != new.dtype]
-    if not changed:
-        return []
-    details = tuple(f"{old.key}: {old.dtype} in the {reference_name}, {new.dtype} in the "
-                    f"{current_name}"
-                    + (" (lossy cast)" if (old.dtype, new.dtype) in _LOSSY else "")
-                    for old, new in changed)
-    return [Finding("dtype", tuple(new.key for _, new in changed),
-                    f"dtype differs: load_state_dict silently casts to the {current_name}'s "
-                    "dtype",
-                    details)]
-
-
 def _tie_findings(reference: Manifest, current: Manifest,
                   reference_name: str, current_name: str) -> list[Finding]:
     """Keys missing because their storage is shared, and ties that one side lost."""
@@ -181,6 +142,40 @@ def _tie_findings(reference: Manifest, current: Manifest,
                                 "storage sharing (tied weights) differs",
                                 tuple(dict.fromkeys(detail for _, detail in lost))))
     return findings
+
+
+def _untied_consumer(missing: list[str], current: Manifest, recorded_ties: Mapping[str, str],
+                     reference_name: str, current_name: str) -> list[Finding]:
+    """Keys a file left out because they were tied when saved (its metadata says to which
+    key), in a model that does not tie them: the load leaves them at their initial value."""
+    untied = [key for key in missing if key in recorded_ties
+              and not (recorded_ties[key] in current
+                       and current[key].tie is not None
+                       and current[key].tie == current[recorded_ties[key]].tie)]
+    if not untied:
+        return []
+    key, kept = untied[0], recorded_ties[untied[0]]
+    return [Finding(
+        "tied_weights", tuple(untied),
+        f"not in the {reference_name}: they were tied when it was saved, and its metadata "
+        f"records each as tied to a key it keeps (safetensors.torch.save_model stores one key "
+        f"per tied group); the {current_name} does not tie them (an untied consumer), so a "
+        "load leaves them at their initial value",
+        tuple(f"{dropped}: tied to {recorded_ties[dropped]} when saved" for dropped in untied),
+        fix=(f"fix: re-tie after loading ({_attribute(key)} = {_attribute(kept)}), or give "
+             "the untied "
+             f"model its own copy before loading (state_dict[{key!r}] = "
+             f"state_dict[{kept!r}].clone()); on export, clone the tied tensor so the file "
+             "keeps every key"))]
+
+
+def _attribute(key: str) -> str:
+    """``model.lm_head.weight``, or ``model.get_submodule('layers.0').weight`` where a
+    segment is not a Python name."""
+    module, _, name = key.rpartition(".")
+    if all(part.isidentifier() for part in key.split(".")):
+        return f"model.{key}"
+    return f"model.get_submodule({module!r}).{name}"
 
 
 def _untied(tied: Manifest, other: Manifest, other_name: str) -> list[tuple[str, str]]:

@@ -117,10 +117,18 @@ FIXES = {  # the last line of a failure, by the first finding's kind
 }
 
 
-def fix_for(findings: list[Finding], update_command: str, *, default: str | None = None) -> str:
+# kinds whose own fix undoes a change that may be the point (a new vocabulary, a new kernel)
+_MAY_BE_INTENDED = ("shape",)
+
+
+def fix_for(findings: list[Finding], update_command: str, *, default: str | None = None,
+            against_record: bool = True) -> str:
     """The fix line for ``findings``: the first finding's own ``fix`` when it has one, else
-    the line for its kind; ``update_command`` where accepting the change is one."""
+    the line for its kind; ``update_command`` where accepting the change is one (a check
+    against a recorded snapshot or golden: ``against_record``)."""
     for finding in findings:
+        if finding.fix and finding.kind in _MAY_BE_INTENDED and against_record:
+            return f"{finding.fix}; if this change is intended, run: {update_command}"
         if finding.fix:
             return finding.fix
         if finding.kind in FIXES:

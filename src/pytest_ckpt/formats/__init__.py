@@ -158,6 +158,16 @@ def file_notes(path: Path) -> list[str]:
     return torch_file_notes(path)
 
 
+def recorded_ties(path: Path) -> dict[str, str]:
+    """The tied keys a safetensors file left out and the key each is tied to, as the file's
+    own metadata records them (``safetensors.torch.save_model``); empty for other files."""
+    if path.is_dir() or detect_file_format(path).name != "safetensors":
+        return {}
+    from pytest_ckpt.formats import safetensors_file
+
+    return safetensors_file.recorded_ties(safetensors_file.read_header(path))
+
+
 def reading_notes(path: Path) -> list[str]:
     """How a checkpoint was read (for ``show``): which file of a directory, which shards,
     which entry of a container among several state_dicts, and the alternatives."""

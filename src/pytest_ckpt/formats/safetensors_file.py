@@ -74,6 +74,14 @@ class SafetensorsFormat:
         return Manifest(tuple(rows))
 
 
+def recorded_ties(header: dict[str, Any]) -> dict[str, str]:
+    """The tied keys ``safetensors.torch.save_model`` left out, as its ``__metadata__``
+    records them: left-out key -> the key of its tied group the file keeps."""
+    metadata = header.get("__metadata__", {})
+    return {key: kept for key, kept in metadata.items()
+            if key not in header and kept in header and kept != "__metadata__"}
+
+
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 _ITEMSIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
               "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,

@@ -260,7 +260,20 @@ def weights_of(loaded: Any, path: Path, model_keys: Collection[str] | None = Non
             path, f"holds no state_dict (a {type(loaded).__name__} that is neither a mapping of "
                   "tensors nor a dict with one among its top-level entries)")
     inner = loaded if layout.weights_entry is None else loaded[layout.weights_entry]
-    return dict(inner), layout
+    return with_metadata(inner), layout
+
+
+def with_metadata(state: Any) -> dict[str, Any]:
+    """A shallow copy of a state_dict that keeps its ``_metadata`` (the module versions
+    ``load_state_dict`` reads: BatchNorm's ``num_batches_tracked`` fill depends on it)."""
+    from collections import OrderedDict
+
+    metadata = getattr(state, "_metadata", None)
+    if metadata is None:
+        return dict(state)
+    copy: OrderedDict[str, Any] = OrderedDict(state)
+    copy._metadata = metadata  # type: ignore[attr-defined]
+    return copy
 
 
 # globals no allow-list should admit: calling them runs code or touches files, processes, the

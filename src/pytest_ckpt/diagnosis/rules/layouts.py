@@ -1,6 +1,6 @@
 """Diagnosis rules about how one module's parameters are laid out as keys: weight_norm and
-spectral_norm (legacy hooks, parametrizations, removed), MultiheadAttention packing and legacy
-norm names (``gamma``/``beta``)."""
+spectral_norm (legacy hooks, parametrizations, removed) and legacy norm names
+(``gamma``/``beta``); attention's q/k/v projections are in :mod:`.attention`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pytest_ckpt.checkpoint.layouts import (
     weight_norm_layouts,
 )
 from pytest_ckpt.checkpoint.manifest import Manifest
+from pytest_ckpt.checkpoint.weight_norm import norm_dim
 from pytest_ckpt.diagnosis.findings import Finding
 from pytest_ckpt.diagnosis.pool import KeyPool
 
@@ -43,9 +44,12 @@ def weight_norm_rule(pool: KeyPool) -> None:
     for (old, new), sites in changes.items():
         old_keys = [key for site in sites for key in weight_norm_keys(*site, old)]
         new_keys = [key for site in sites for key in weight_norm_keys(*site, new)]
+        removal = REMOVED in (old, new)
         pool.claim(Finding("weight_norm_layout", tuple(sorted(old_keys)),
                            _weight_norm_hint(pool, old, new, sites),
-                           (f"modules: {', '.join(fold_keys(s[0] or '<root>' for s in sites))}",)),
+                           (f"modules: {', '.join(fold_keys(s[0] or '<root>' for s in sites))}",
+                            *(_dim_evidence(pool, old, new, sites) if removal else ())),
+                           fix=_removal_fix(pool, old, new, sites) if removal else None),
                    missing=new_keys, unexpected=old_keys)
 
 
@@ -64,14 +68,115 @@ def _weight_norm_hint(pool: KeyPool, old: str, new: str, sites: list[tuple[str, 
         return text + (f"torch's compat hook converts it inside Module.load_state_dict for "
                        f"{hooked} of {len(sites)} modules (legacy -> parametrized only; "
                        "torch.distributed.checkpoint and assign-free copies bypass it)")
+    dim = _dim_text(_norm_dims(pool, old, new, sites))
+    g, v = _g_v_names(new if old == REMOVED else old, name)
     if old == REMOVED:
-        return text + ("the checkpoint is an export made after remove_weight_norm(): load it "
-                       "into the model before applying weight_norm")
+        return text + (f"the {pool.name} is an export made after remove_weight_norm(): each "
+                       f"plain {name} is weight_norm's computed g * v / ||v||; re-wrapping it "
+                       f"sets {v} (v) = {name} and {g} (g) = the norm of {name} over every "
+                       f"dim except {dim}")
     if new == REMOVED:
-        return text + "remove_weight_norm() on a model built with weight_norm, then load"
+        return text + (f"the {pool.current_name} has a plain {name} (built without "
+                       f"weight_norm, or remove_weight_norm() was called before the load); "
+                       f"the plain {name} is torch._weight_norm({v}, {g}, {dim}): load into "
+                       "the model built with weight_norm first, then remove it")
     return text + ("torch converts legacy -> parametrized only, never back: map "
                    f"parametrizations.{name}.original0/1 to {name}_g/{name}_v in the load path"
                    )
+
+
+def _g_v_names(layout: str, name: str) -> tuple[str, str]:
+    g, v = weight_norm_keys("", name, layout)
+    return g, v
+
+
+def _norm_dims(pool: KeyPool, old: str, new: str,
+               sites: list[tuple[str, str]]) -> dict[str, int]:
+    """Module -> the dim its weight_norm normalizes over, read from the normed side's shapes."""
+    manifest, layout = (pool.current, new) if old == REMOVED else (pool.reference, old)
+    rows = manifest.row_map()
+    dims = {}
+    for site in sites:
+        g, v = weight_norm_keys(*site, layout)
+        dims[site[0]] = norm_dim(rows[g].shape, rows[v].shape)
+    return dims
+
+
+def _dim_text(dims: dict[str, int]) -> str:
+    values = set(dims.values())
+    return str(values.pop()) if len(values) == 1 else "dim"
+
+
+def _dim_evidence(pool: KeyPool, old: str, new: str,
+                  sites: list[tuple[str, str]]) -> tuple[str, ...]:
+    manifest, layout = (pool.current, new) if old == REMOVED else (pool.reference, old)
+    dims = _norm_dims(pool, old, new, sites)
+    rows = manifest.row_map()
+    lines = []
+    for dim in sorted(set(dims.values())):
+        modules = [site for site in sites if dims[site[0]] == dim]
+        pairs = [weight_norm_keys(module, name, layout) for module, name in modules]
+        g, v = max(pairs, key=lambda keys: _numel(rows[keys[0]].shape))
+        said = "dim=None: one norm of the whole tensor" if dim == -1 else (
+            f"dim={dim}" + (" (torch's default)" if dim == 0 else ""))
+        lines.append(f"norm {said} in {', '.join(fold_keys(s[0] or '<root>' for s in modules))}"
+                     f" ({_side(pool, old, layout)}: e.g. {g} "
+                     f"{list(rows[g].shape)} for {v} {list(rows[v].shape)})")
+    transposed = [site[0] for site in sites if site[0] in pool.facts.conv_transposes]
+    if transposed:
+        axis = _dim_text({name: dims[name] for name in transposed})
+        lines.append(f"ConvTranspose {', '.join(fold_keys(transposed))}: the weight is [in, "
+                     f"out/groups, *kernel], so dim {axis}"
+                     + (" (torch's default) is the input-channel axis" if axis == "0" else "")
+                     + f"; the mapping uses the dim the {_side(pool, old, layout)}'s "
+                       "weight_norm has")
+    return tuple(lines)
+
+
+def _side(pool: KeyPool, old: str, layout: str) -> str:
+    return pool.name if layout == old else pool.current_name
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _removal_fix(pool: KeyPool, old: str, new: str, sites: list[tuple[str, str]]) -> str:
+    """Plain torch first (the order of calls that works), then the key mapping."""
+    name = sites[0][1]
+    dims = _norm_dims(pool, old, new, sites)
+    dim = _dim_text(dims)
+    call_dim = "None" if dim == "-1" else dim
+    per_module = "" if dim != "dim" else (" with dim as each module's weight_norm has it ("
+                                          + "; ".join(f"{m or '<root>'}: {d}"
+                                                      for m, d in sorted(dims.items())) + ")")
+    if old == REMOVED:
+        g, v = _g_v_names(new, name)
+        remove, apply = _CALLS[new]
+        return (f"fix: build the model with weight_norm, call {_call(remove, name)} on these "
+                f"modules (a plain {name}), load the export, then "
+                f"{_call(apply, name, call_dim)} again if training continues; or map the "
+                f"keys in the load path: {v} = {name}; "
+                f"{g} = torch.norm_except_dim({name}, 2, {dim}){per_module}")
+    g, v = _g_v_names(old, name)
+    remove, apply = _CALLS[old]
+    return (f"fix: build the model with {_call(apply, name, call_dim)} on these modules, "
+            f"load the checkpoint, then call {_call(remove, name)} (load first, then remove); "
+            f"or map the keys in the load path: {name} = torch._weight_norm({v}, {g}, {dim})"
+            f"{per_module}")
+
+
+_CALLS = {LEGACY: ("torch.nn.utils.remove_weight_norm(module{n})",
+                   "torch.nn.utils.weight_norm(module{n}, dim={dim})"),
+          PARAMETRIZED: ("torch.nn.utils.parametrize.remove_parametrizations(module, '{name}')",
+                         "torch.nn.utils.parametrizations.weight_norm(module{n}, dim={dim})")}
+
+
+def _call(template: str, name: str, dim: str = "0") -> str:
+    return template.format(n="" if name == "weight" else f", '{name}'", name=name, dim=dim)
 
 
 _SPECTRAL = {LEGACY: ("{n}_orig", "{n}_u", "{n}_v"),
@@ -122,31 +227,6 @@ def _spectral_layout(manifest: Manifest,
         return "parametrized (parametrize.register_parametrization)", (generic,)
     plain = module_key(module, name)
     return ("a plain tensor", (plain,)) if plain in manifest else None
-
-
-def mha_packing_rule(pool: KeyPool) -> None:
-    """``in_proj_weight`` (packed q/k/v) on one side, separate q/k/v projections on the other."""
-    for packed_side, split_side in ((pool.unexpected, pool.missing),
-                                    (pool.missing, pool.unexpected)):
-        for key in sorted(k for k in packed_side if k.endswith("in_proj_weight")):
-            module = key[: -len("in_proj_weight")]
-            packed = [k for k in (key, f"{module}in_proj_bias") if k in packed_side]
-            split = [f"{module}{p}{s}" for p in ("q_proj", "k_proj", "v_proj")
-                     for s in (".weight", ".bias", "_weight")]
-            split = [k for k in split if k in split_side]
-            if len(split) < 3:
-                continue
-            reference_keys, model_keys = (
-                (tuple(packed), tuple(split)) if packed_side is pool.unexpected
-                else (tuple(split), tuple(packed)))
-            pool.claim(Finding(
-                "mha_packing", tuple(reference_keys),
-                f"`{module.rstrip('.') or '<root>'}`: q/k/v projections are packed "
-                f"(in_proj_weight) on one side and separate on the other; split with "
-                "in_proj_weight.chunk(3) or concatenate q/k/v in the load path",
-                (f"{pool.name}: {', '.join(reference_keys)}",
-                 f"{pool.current_name}: {', '.join(model_keys)}")),
-                missing=model_keys, unexpected=reference_keys)
 
 
 _NORM_NAME = re.compile(r"(norm|^ln|_ln|ln_|^bn|_bn)", re.IGNORECASE)
