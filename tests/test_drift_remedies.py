@@ -61,7 +61,9 @@ def test_a_remap_one_character_off_under_strict_false_is_a_slip_with_its_closest
 
 def test_assert_loads_through_the_slipped_loader_names_every_key_once(clap, mode):
     """The BatchNorm's zero bias and zero running mean hold one value: each is named under
-    its own key, none left over as a plain [missing]."""
+    its own key, none left over as a plain [missing]. (num_batches_tracked is in the finding
+    under torch 2.13, which keeps the model's own count; torch 2.1 fills in a 0 that equals
+    the saved 0, so by value it reached the model.)"""
     clap.makepyfile(test_a='''
         from drift_cases import CLAP, load_sed, save_sed_checkpoint
 
@@ -74,13 +76,12 @@ def test_assert_loads_through_the_slipped_loader_names_every_key_once(clap, mode
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(lines(
         "checkpoint */sed.pt does not load into CLAP as declared",
-        "  [prefix] 7 keys: a key remap that is off by 1 character: *",
-        "      audio_branch..1.num_batches_tracked",
+        "  [prefix] * keys: a key remap that is off by 1 character: *",
         "      audio_branch..1.running_mean",
         "      audio_branch..1.running_var",
         "      audio_branch..{0,1}.bias",
         "      audio_branch..{0,1}.weight",
-        "      7 keys, e.g. audio_branch..0.bias -> audio_branch.0.bias",
+        "      * keys, e.g. audio_branch..0.bias -> audio_branch.0.bias",
         SLIP_FIX,
     ))
     assert "[missing]" not in result.stdout.str()
