@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pytest_ckpt.checkpoint.manifest import PARAM, Manifest, ManifestRow
 from pytest_ckpt.diagnosis.engine import diagnose
 
+TARGET_S = 0.5  # per scenario, at 100k keys (the target)
+
 LEAVES = ("q.weight", "k.weight", "v.weight", "o.weight", "norm.weight", "norm.bias",
           "mlp.up.weight", "mlp.down.weight", "mlp.gate.weight", "scale")
 
@@ -53,7 +55,11 @@ def main() -> None:
     args = parser.parse_args()
     model = model_manifest(args.keys)
     print(f"model manifest: {len(model):,} keys; median of {args.repeat} runs")
-    print(f"{'scenario':<38}{'findings':>9}{'diagnose s':>12}{'set diff s':>12}{'ratio':>8}")
+    print(f"target: diagnose <= {TARGET_S} s per scenario at 100,000 keys (scaled by keys)")
+    print(f"{'scenario':<38}{'findings':>9}{'diagnose s':>12}{'set diff s':>12}{'ratio':>8}"
+          f"{'':>6}")
+    target = TARGET_S * args.keys / 100_000
+    misses = 0
     for name, checkpoint in scenarios(model).items():
         findings = diagnose(checkpoint, model)
         engine = median_seconds(lambda c=checkpoint: diagnose(c, model), args.repeat)
@@ -61,8 +67,12 @@ def main() -> None:
                                                      set(c.keys()) - set(model.keys())),
                                args.repeat)
         kinds = ",".join(sorted({f.kind for f in findings})) or "-"
+        verdict = "ok" if engine <= target else "MISS"
+        misses += verdict == "MISS"
         print(f"{name:<38}{len(findings):>9}{engine:>12.3f}{plain:>12.3f}"
-              f"{engine / plain:>8.1f}  {kinds}")
+              f"{engine / plain:>8.1f}  {verdict:<4}  {kinds}")
+    print(f"{misses} of {len(scenarios(model))} scenarios missed the target" if misses
+          else "every scenario within the target")
 
 
 if __name__ == "__main__":

@@ -144,10 +144,29 @@ def poison_(tensor: torch.Tensor, avoid: torch.Tensor | None = None) -> None:
 
     reference = tensor if avoid is None or avoid.shape != tensor.shape \
         or avoid.dtype != tensor.dtype or avoid.is_quantized != tensor.is_quantized else avoid
+    if _poison_in_place(tensor, reference):
+        return
     value = poisoned_value(reference)
     if value is not None:
         with torch.no_grad():
             tensor.copy_(value)
+
+
+def _poison_in_place(tensor: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Write ``reference``'s inverted bits straight into ``tensor`` (one pass, no temporary
+    the size of the tensor), where both are plain contiguous strided tensors on the CPU;
+    ``False`` where the general path is needed."""
+    import torch
+
+    plain = (tensor.layout == torch.strided and tensor.device.type == "cpu"
+             and tensor.is_contiguous() and reference.is_contiguous() and tensor.numel() > 0
+             and reference.device == tensor.device and not tensor.is_quantized
+             and not tensor.is_complex() and tensor.dtype != torch.bool)
+    if not plain:
+        return False
+    with torch.no_grad():
+        torch.bitwise_not(bits(reference), out=bits(tensor.detach()))
+    return True
 
 
 @dataclass(frozen=True)
