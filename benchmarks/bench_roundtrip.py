@@ -7,7 +7,9 @@ so the state counts once). ``anon`` = peak RssAnon sampled every 2 ms (leaves ou
 pages, which VmHWM counts). ``cpu`` = the child's CPU time over the timed section.
 
 Modes: ``baseline``; ``ckpt`` with a target factory building a second model (as the marker
-does, by calling the test again); ``ckpt-deepcopy`` with ``make_target=None``.
+does, by calling the test again); ``ckpt-deepcopy`` with ``make_target=None``; ``pytest-torch``
+(the peer's ``assert_checkpoint_roundtrip``: an in-memory buffer, outputs compared), when that
+package is installed, else skipped with a line saying so.
 Usage: python benchmarks/bench_roundtrip.py [--size-mib 1024] [--repeat 3]
 """
 
@@ -27,6 +29,13 @@ from pathlib import Path
 from typing import Any
 
 MODES = ("baseline", "ckpt", "ckpt-deepcopy")
+PEER = "pytest-torch"  # pytest-torch's assert_checkpoint_roundtrip, when installed (optional)
+
+
+def peer_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pytest_torch") is not None
 TARGET_WALL, TARGET_RSS = 1.10, 2.0
 MIB = 1 << 20
 
@@ -83,6 +92,12 @@ def child(mode: str, size_mib: int, directory: Path) -> dict[str, Any]:
         torch.save(model.state_dict(), path)
         sd = torch.load(path, weights_only=True)
         ok = all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+    elif mode == PEER:  # the peer round-trips through an in-memory buffer, compares outputs
+        from pytest_torch.checkpoint import assert_checkpoint_roundtrip
+
+        width = next(model.parameters()).shape[1]
+        assert_checkpoint_roundtrip(make_target, torch.randn(1, width), model=model)
+        ok = True
     else:
         outcomes = run_roundtrip(model, make_target if mode == "ckpt" else None,
                                  RoundtripSpec(formats=("torch",)), directory)
@@ -112,16 +127,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="state size (default 1024)")
     parser.add_argument("--repeat", type=int, default=3, help="children per mode (default 3)")
-    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=(*MODES, PEER), help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
         print(json.dumps(child(options.child, options.size_mib, options.dir)))
         return 0
-    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    modes = (*MODES, PEER) if peer_installed() else MODES
+    if not peer_installed():
+        print(f"{PEER} arm skipped: pytest-torch is not installed (pip install pytest-torch, "
+              "with a constraints file pinning this torch)")
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(prefix="ckpt-bench-", dir="/tmp") as root:
         for index in range(options.repeat):
-            for mode in MODES[index % 3:] + MODES[:index % 3]:  # rotate the order
+            shift = index % len(modes)
+            for mode in modes[shift:] + modes[:shift]:  # rotate the order
                 runs[mode].append(run_child(mode, options.size_mib, Path(root)))
     size = runs["baseline"][0]["state"]
 
@@ -138,7 +158,7 @@ def main() -> int:
               f"{'cpu s':>6} {'ratio':>6} {'peak MiB':>9} {'peak/S':>7} {'':4} {'anon/S':>7} "
               f"{'ok':>5}")
     print(f"{header}\n{'-' * len(header)}")
-    for mode in MODES:
+    for mode in modes:
         base = med("baseline", "wall")
         ratio, peak = med(mode, "wall", base), med(mode, "peak", size)
         print(f"{mode:<14} {med(mode, 'wall'):>7.2f} {ratio:>6.2f} "
