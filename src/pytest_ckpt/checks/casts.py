@@ -93,7 +93,11 @@ def _damage(saved: torch.Tensor, cast: torch.Tensor) -> str:
         wrapped = int((before != after.to(before.dtype)).sum())
         if wrapped:
             parts.append(f"{wrapped} of {before.numel()} values wrap around")
-    distinct, kept = (int(torch.unique(values).numel()) for values in (before, after))
-    if (parts and kept < distinct) or (distinct > 1 and kept == 1):  # merged, or all into one
-        parts.append(f"{distinct} distinct values become {kept}")
+    # sorting for distinct counts only where something is to be said: a constant cast from a
+    # tensor that was not constant (a min/max pass), or damage found above
+    merged = bool(after.amin() == after.amax()) and bool(before.amin() != before.amax())
+    if parts or merged:
+        distinct, kept = (int(torch.unique(values).numel()) for values in (before, after))
+        if kept < distinct:
+            parts.append(f"{distinct} distinct values become {kept}")
     return "; ".join(parts)
