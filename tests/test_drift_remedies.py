@@ -318,3 +318,31 @@ def test_what_the_projects_own_remap_left_behind_is_named(project, mode):
         "keys alone that the model already has (if key in model.state_dict())",
     ))
     assert "[unexpected]" not in result.stdout.str()
+
+
+def test_crafted_metadata_in_a_batchnorm_file_is_not_trusted_by_the_default_load(batchnorm,
+                                                                                 mode):
+    """A file whose state_dict carries a _metadata torch never writes: pytest-ckpt's own load
+    (and a project loader that reads the path) give findings, never a traceback through
+    pytest-ckpt; the count torch fills is judged as for a state_dict without _metadata."""
+    batchnorm.makepyfile(test_a='''
+        import torch
+        from drift_cases import batchnorm_net, copy_by_hand
+
+        def crafted(path):
+            state = batchnorm_net().state_dict()
+            del state["1.num_batches_tracked"]
+            state._metadata = {"1": 5, "": "x"}
+            torch.save(state, path)
+
+        def test_default_load(ckpt, tmp_path):
+            crafted(tmp_path / "bn.pt")
+            ckpt.assert_loads(batchnorm_net(), tmp_path / "bn.pt")
+
+        def test_project_loader(ckpt, tmp_path):
+            crafted(tmp_path / "bn.pt")
+            ckpt.assert_loads(batchnorm_net(), tmp_path / "bn.pt", load_from=copy_by_hand)
+    ''')
+    result = batchnorm.runpytest("-p", "no:randomly", *mode)
+    result.assert_outcomes(passed=2)
+    assert "pytest_ckpt" not in result.stdout.str()

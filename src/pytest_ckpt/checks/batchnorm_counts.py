@@ -44,7 +44,8 @@ def batchnorm_gaps(model: torch.nn.Module, gaps: Iterable[str], state: Mapping[s
         if leaf != COUNT or not isinstance(module, _NormBase) or (state is not None
                                                                   and key in state):
             continue
-        version = None if versions is None else versions.get(name, {}).get("version")
+        entry = None if versions is None else versions.get(name)
+        version = entry.get("version") if isinstance(entry, Mapping) else None
         if isinstance(version, int) and version >= 2:
             raising.append(key)
         elif module.momentum is None:

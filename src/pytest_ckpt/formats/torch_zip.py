@@ -6,7 +6,7 @@ import io
 import pickle
 import warnings
 import zipfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
@@ -269,7 +269,12 @@ def with_metadata(state: Any) -> dict[str, Any]:
     from collections import OrderedDict
 
     metadata = getattr(state, "_metadata", None)
-    if metadata is None:
+    # kept only in the shape torch writes (module name -> {'version': int}): a crafted file's
+    # other _metadata would make load_state_dict itself raise inside pytest-ckpt's own load
+    if not isinstance(metadata, Mapping) or not all(
+            isinstance(name, str) and isinstance(entry, Mapping)
+            and all(isinstance(value, int) for value in entry.values())
+            for name, entry in metadata.items()):
         return dict(state)
     copy: OrderedDict[str, Any] = OrderedDict(state)
     copy._metadata = metadata  # type: ignore[attr-defined]
