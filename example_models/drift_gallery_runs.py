@@ -57,27 +57,21 @@ RUN_CASES: list[tuple[str, str]] = [
             torch.save(state, tmp_path / "g.pt")
             ckpt.assert_loads(blocks(), tmp_path / "g.pt", load_from=legacy_norm_names)
     '''),
-    ("scheduler resumed without initial_lr (optimizer saved as None)", '''
-        def test_case(ckpt):
-            ckpt.assert_resumes(Trainer("optimizer saved as None"), steps=6, at=3)
-    '''),
-    ("KeyError raised by the resume code itself", '''
-        def test_case(ckpt):
-            ckpt.assert_resumes(Trainer("lr_initial typo"), steps=6, at=3)
-    '''),
-    ("optimizer state matched by position (BatchNorm frozen on resume)", '''
-        def test_case(ckpt):
-            ckpt.assert_resumes(Trainer("bn frozen"), steps=6, at=3)
-    '''),
-    ("RNG state refused by weights_only (numpy RNG pickled)", '''
-        def test_case(ckpt):
-            ckpt.assert_resumes(Trainer("numpy rng saved"), steps=6, at=3)
-    '''),
-    ("RNG state saved as floats", '''
-        def test_case(ckpt):
-            ckpt.assert_resumes(Trainer("rng saved as floats"), steps=6, at=3)
-    '''),
 ]
+
+# the trainer's resume bugs (example_models/classifier_trainer.py), by title
+_RESUME_BUGS = (
+    ("scheduler resumed without initial_lr (optimizer saved as None)",
+     "optimizer saved as None"),
+    ("KeyError raised by the resume code itself", "lr_initial typo"),
+    ("optimizer state matched by position (BatchNorm frozen on resume)", "bn frozen"),
+    ("RNG state refused by weights_only (numpy RNG pickled)", "numpy rng saved"),
+    ("RNG state saved as floats", "rng saved as floats"),
+)
+RUN_CASES += [(title, f'''
+        def test_case(ckpt):
+            ckpt.assert_resumes(Trainer({bug!r}), steps=6, at=3)
+    ''') for title, bug in _RESUME_BUGS]
 
 
 class _Failures:
