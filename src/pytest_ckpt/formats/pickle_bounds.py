@@ -12,7 +12,9 @@ reached) to more than ``MAX_NODES`` entries.
 from __future__ import annotations
 
 import pickletools
+import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,16 @@ def refused(source: Path, reason: str) -> CheckpointReadError:
                                advice=_BOMB_FIX)
 
 
+@contextmanager
+def quiet_opcode_reading() -> Iterator[None]:
+    """Around a ``pickletools.genops`` loop: a crafted string argument makes genops warn (an
+    invalid escape); reading a file is not the user's code, so the user sees no warning (nor
+    an error under filterwarnings=error) and the reading stays streamed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
 def check_opcodes(data: bytes, source: Path, entry: str | None = None) -> None:
     """Raise a :class:`CheckpointReadError` naming ``source`` (and the archive ``entry`` that
     holds the pickle) when the pickle in ``data`` is malformed or would make an unpickler
@@ -38,23 +50,24 @@ def check_opcodes(data: bytes, source: Path, entry: str | None = None) -> None:
     where = f" in {entry}" if entry else ""
     memo = 0
     try:
-        for opcode, argument, position in pickletools.genops(data):
-            name = opcode.name
-            number = argument if isinstance(argument, int) else 0
-            if name in _PUTS:
-                if number > memo:
-                    raise refused(source, f"holds a pickle whose memo index {argument:,} "
-                                          f"(byte {position}) runs ahead of its {memo:,} "
-                                          "memoised objects (a memory bomb)")
-                memo += 1
-            elif name == "MEMOIZE":
-                memo += 1
-            elif name == "FRAME" and number > len(data) - (position or 0):
-                raise refused(source, f"holds a pickle frame of {argument:,} bytes in "
-                                      f"{len(data):,} bytes of data")
-            if memo > MAX_MEMO:
-                raise refused(source, f"holds a pickle of more than {MAX_MEMO:,} memoised "
-                                      "objects (over pytest-ckpt's limit)")
+        with quiet_opcode_reading():
+            for opcode, argument, position in pickletools.genops(data):
+                name = opcode.name
+                number = argument if isinstance(argument, int) else 0
+                if name in _PUTS:
+                    if number > memo:
+                        raise refused(source, f"holds a pickle whose memo index {argument:,} "
+                                              f"(byte {position}) runs ahead of its {memo:,} "
+                                              "memoised objects (a memory bomb)")
+                    memo += 1
+                elif name == "MEMOIZE":
+                    memo += 1
+                elif name == "FRAME" and number > len(data) - (position or 0):
+                    raise refused(source, f"holds a pickle frame of {argument:,} bytes in "
+                                          f"{len(data):,} bytes of data")
+                if memo > MAX_MEMO:
+                    raise refused(source, f"holds a pickle of more than {MAX_MEMO:,} memoised "
+                                          "objects (over pytest-ckpt's limit)")
     except CheckpointReadError:
         raise
     except Exception as error:  # genops: unknown opcode, truncated argument, no STOP

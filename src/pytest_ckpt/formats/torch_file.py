@@ -16,7 +16,11 @@ from typing import Any, BinaryIO
 
 from pytest_ckpt.errors import CheckpointReadError
 from pytest_ckpt.formats.files import open_regular
-from pytest_ckpt.formats.pickle_bounds import check_opcodes, check_structure
+from pytest_ckpt.formats.pickle_bounds import (
+    check_opcodes,
+    check_structure,
+    quiet_opcode_reading,
+)
 from pytest_ckpt.formats.pickle_scan import (
     MAX_PICKLE_BYTES,
     Scanned,
@@ -193,8 +197,9 @@ def _legacy_pickles(handle: BinaryIO, size: int, path: Path) -> list[bytes]:
 
 
 def _pickle_end(stream: io.BytesIO) -> int:
-    for _ in pickletools.genops(stream):
-        pass
+    with quiet_opcode_reading():
+        for _ in pickletools.genops(stream):
+            pass
     return stream.tell()
 
 
