@@ -265,3 +265,46 @@ def test_inputs_of_another_kind_is_a_usage_error_naming_the_test_and_the_forms(p
         "fix: pass the model's input, e.g. inputs=torch.randn(1, 80, 32), or "
         "inputs=lambda: torch.randn(1, 80, 32)",
     ])
+
+
+def test_targets_built_without_initialisers_keep_their_computed_non_persistent_buffers(
+        project, mode):
+    # the target is built with torch.nn.init skipped; rotary inv_freq and position_ids come
+    # out of __init__ as the source has them, a buffer drawn by nn.init sends the build back
+    project.makepyfile(test_a='''
+        import pytest, torch
+
+        class Rotary(torch.nn.Module):
+            def __init__(self, dim=8, positions=16):
+                super().__init__()
+                self.proj = torch.nn.Linear(dim, dim)
+                inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+                self.register_buffer("inv_freq", inv_freq, persistent=False)
+                self.register_buffer("position_ids", torch.arange(positions).expand((1, -1)),
+                                     persistent=False)
+
+            def forward(self, x):
+                angles = self.position_ids[0, : x.shape[0], None].float() * self.inv_freq
+                return self.proj(x) * angles.cos().sum()
+
+        class Noisy(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(0)
+                self.proj = torch.nn.Linear(8, 8)
+                self.register_buffer("noise", torch.nn.init.normal_(torch.empty(8)),
+                                     persistent=False)
+
+            def forward(self, x):
+                return self.proj(x) + self.noise
+
+        @pytest.mark.ckpt_roundtrip(inputs=lambda: torch.randn(5, 8), snapshot=False,
+                                    formats=("torch", "safetensors"))
+        def test_rotary():
+            return Rotary()
+
+        def test_noisy(ckpt):
+            ckpt.roundtrip(Noisy(), factory=Noisy, inputs=torch.randn(5, 8), snapshot=False,
+                           formats=("torch", "safetensors"))
+    ''')
+    project.runpytest(*mode).assert_outcomes(passed=2)

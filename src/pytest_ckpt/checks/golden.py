@@ -16,7 +16,12 @@ from pytest_ckpt.checkpoint.values import flatten_outputs
 from pytest_ckpt.checks.context import CheckContext
 from pytest_ckpt.checks.outputs import make_inputs, model_outputs
 from pytest_ckpt.checks.roundtrip_format import load_model
-from pytest_ckpt.checks.targets import poisoned_copy, prepare_target, value_findings
+from pytest_ckpt.checks.targets import (
+    build_target,
+    poisoned_copy,
+    prepare_target,
+    value_findings,
+)
 from pytest_ckpt.diagnosis.engine import diagnose
 from pytest_ckpt.diagnosis.findings import Finding, render_failure, sort_findings
 from pytest_ckpt.errors import CheckpointReadError, CkptUsageError
@@ -67,7 +72,7 @@ def golden(context: CheckContext, model: torch.nn.Module, *, name: str | None = 
 def _outcome(context: CheckContext, stored: goldens.GoldenFile, model: torch.nn.Module,
              sample: Any, loaders: tuple[Any, Any], factory: Any) -> GoldenOutcome:
     __tracebackhide__ = True
-    target = factory() if factory is not None else poisoned_copy(model)
+    target = build_target(factory, model) if factory is not None else poisoned_copy(model)
     try:
         outcome: GoldenOutcome = context.usage(check_golden, stored, target, sample, *loaders)
     except CheckpointReadError as error:
@@ -86,7 +91,7 @@ def _still_holds(directory: Path, model: torch.nn.Module, sample: Any,
     stored = goldens.GoldenFile(directory / f"torch-{goldens.torch_minor()}.pt")
     if not (stored.path.is_file() and stored.sidecar.is_file()):
         return False
-    target = factory() if factory is not None else poisoned_copy(model)
+    target = build_target(factory, model) if factory is not None else poisoned_copy(model)
     try:
         outcome = check_golden(stored, target, sample, *loaders)
     except (CheckpointReadError, CkptUsageError):

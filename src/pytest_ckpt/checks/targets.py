@@ -4,6 +4,8 @@ that skips a tensor cannot pass), witnessed, and judged after the load by values
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pytest_ckpt.checkpoint.manifest import Manifest
@@ -94,3 +96,71 @@ def tie_findings(source: torch.nn.Module, target: torch.nn.Module) -> list[Findi
     return [Finding("tied_weights", tuple(lost),
                     "tensors that share storage in the saved model no longer share it after "
                     "the load (a later update to one will not reach the other)")]
+
+
+# torch.nn.init's value initialisers (in place, returning the tensor); their old aliases
+# without the underscore are deprecated wrappers of these and are patched with them
+_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
+                 "dirac_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
+                 "kaiming_normal_", "orthogonal_", "sparse_")
+
+
+@contextmanager
+def _initialisers_skipped() -> Iterator[None]:
+    """``torch.nn.init``'s initialisers leave the tensor as it is (``torch.empty``'s memory),
+    as transformers' ``no_init_weights`` does; restored on exit."""
+    from torch.nn import init
+
+    def keep(tensor: Any, *_: Any, **__: Any) -> Any:
+        return tensor
+
+    saved = {name: getattr(init, name) for name in _INITIALISERS if hasattr(init, name)}
+    for name in saved:
+        setattr(init, name, keep)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(init, name, function)
+
+
+def build_target(make_target: Callable[[], torch.nn.Module],
+                 source: torch.nn.Module) -> Any:
+    """``make_target()`` built without the value initialisers the load overwrites, where that
+    is sound: the build raised nothing and every tensor the state_dict leaves out
+    (non-persistent buffers, a parameter a state_dict hook drops, a tensor attribute) holds
+    the source's bits. Otherwise ``make_target()`` again, with its initialisers."""
+    try:
+        with _initialisers_skipped():
+            target = make_target()
+    except Exception:  # a build that needs initialised values: today's path says why
+        return make_target()
+    import torch
+
+    if not isinstance(target, torch.nn.Module) or not _unsaved_differ(target, source):
+        return target  # not a module: the caller says so
+    del target
+    return make_target()
+
+
+def _unsaved_differ(target: torch.nn.Module, source: torch.nn.Module) -> bool:
+    """Whether a tensor of ``target`` that its state_dict does not hold is missing from
+    ``source`` or differs from it in bits (so it would not come from the load)."""
+    import torch
+
+    saved = {id(value) for value in target.state_dict(keep_vars=True).values()}
+    modules = dict(source.named_modules(remove_duplicate=False))
+    for path, module in target.named_modules(remove_duplicate=False):
+        twin = modules.get(path)
+        for name, value in vars(module).items():
+            values = value.items() if name in ("_parameters", "_buffers") else (
+                [(name, value)] if isinstance(value, torch.Tensor) and value.is_leaf else [])
+            for key, tensor in values:
+                if tensor is None or id(tensor) in saved:
+                    continue
+                reference = getattr(twin, key, None) if twin is not None else None
+                if not isinstance(reference, torch.Tensor) or reference.shape != tensor.shape \
+                        or reference.dtype != tensor.dtype or reference.device != tensor.device \
+                        or not bitwise_equal(tensor, reference):
+                    return True
+    return False
