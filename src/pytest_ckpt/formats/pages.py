@@ -1,8 +1,9 @@
 """Give a memory-mapped checkpoint's pages back as the load consumes them.
 
 A round-trip holds the source model and the target model; the file's tensors, mapped with
-``torch.load(mmap=True)``, would add a third copy of the state to the process's resident set
-as ``load_state_dict`` copies them. Each module's tensors are released with
+``torch.load(mmap=True)`` or by ``safetensors.torch.load_file`` (one mapping, each tensor a
+slice of it), would add a third copy of the state to the process's resident set as
+``load_state_dict`` copies them. Each module's tensors are released with
 ``madvise(MADV_PAGEOUT)`` once the next module starts loading: the kernel drops the pages from
 this process (a clean page re-reads from the file, a written one is kept in swap), so the
 tensors keep their values and peak RSS stays near source + target. File pages still dirty
@@ -63,16 +64,25 @@ def release(tensors: Iterable[torch.Tensor]) -> int:
     released = 0
     seen: set[int] = set()
     for tensor in tensors:
-        storage = tensor.untyped_storage()
-        start = storage.data_ptr()
-        if start in seen or storage.device.type != "cpu":
+        start, stop = _span(tensor)
+        if start in seen or tensor.device.type != "cpu":
             continue
         seen.add(start)
         first = -(-start // PAGE) * PAGE  # whole pages only: a neighbour may share the edges
-        last = (start + storage.nbytes()) // PAGE * PAGE
+        last = stop // PAGE * PAGE
         if last > first and _MADVISE(first, last - first, MADV_PAGEOUT) == 0:
             released += last - first
     return released
+
+
+def _span(tensor: torch.Tensor) -> tuple[int, int]:
+    """The bytes a contiguous tensor covers (safetensors maps a whole file as one storage,
+    each tensor a slice of it); its whole storage otherwise."""
+    if tensor.is_contiguous():
+        start = tensor.data_ptr()
+        return start, start + tensor.numel() * tensor.element_size()
+    storage = tensor.untyped_storage()
+    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
 
 
 @contextmanager

@@ -38,7 +38,7 @@ def _safetensors_torch() -> Any:
 class SafetensorsFormat:
     name = "safetensors"
     suffix = ".safetensors"
-    memory_mapped = False
+    memory_mapped = True  # load_file maps the file (MAP_PRIVATE): its pages can be released
 
     def save(self, module: torch.nn.Module, path: Path) -> None:
         """As ``safetensors.torch.save_model``: of each group of tied tensors one key is kept.
