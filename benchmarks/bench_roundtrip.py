@@ -1,172 +1,211 @@
-"""Cost of ``run_roundtrip`` (what ``@pytest.mark.ckpt_roundtrip`` runs) against a plain
+"""Cost of a pytest-ckpt round-trip as users run it (inside pytest) against a plain
 ``torch.save`` -> ``torch.load(weights_only=True)`` -> ``torch.equal`` round-trip.
 
-State: ``--size-mib`` MiB of bias-free 4096x4096 float32 ``nn.Linear`` layers. Each run is a
-fresh child; peak RSS = VmHWM minus VmHWM after ``import torch`` (before the state is built,
-so the state counts once). ``anon`` = peak RssAnon sampled every 2 ms (leaves out mmapped file
-pages, which VmHWM counts). ``cpu`` = the child's CPU time over the timed section.
+Every arm is one test in a generated test file, run alone in a fresh ``python -m pytest``
+child (``--repeat`` times, order rotated, medians):
 
-Modes: ``baseline``; ``ckpt`` with a target factory building a second model (as the marker
-does, by calling the test again); ``ckpt-deepcopy`` with ``make_target=None``; ``pytest-torch``
-(the peer's ``assert_checkpoint_roundtrip``: an in-memory buffer, outputs compared), when that
-package is installed, else skipped with a line saying so.
-Usage: python benchmarks/bench_roundtrip.py [--size-mib 1024] [--repeat 3]
+* ``plain torch``: the test builds the model, saves its state_dict, loads it back, compares
+  every tensor; ``plain torch+st``: the same through torch and then safetensors
+  (``save_file`` / ``load_file``); ``plain +load``: plain torch, then a second model is built
+  and ``load_state_dict`` runs (what a test that loads into a model pays);
+* ``marker``: ``@pytest.mark.ckpt_roundtrip`` (the test is called a second time for the
+  target); ``roundtrip factory=``: ``ckpt.roundtrip(model, factory=build)``; ``roundtrip
+  copy``: ``ckpt.roundtrip(model)`` (the poisoned copy); each for ``formats=("torch",)`` and
+  ``("torch", "safetensors")``, ``snapshot=False``;
+* ``pytest-torch``: the peer's ``assert_checkpoint_roundtrip`` (in-memory buffer, outputs
+  compared), when importable (``PYTHONPATH``), else skipped with a line saying so.
+
+Columns: ``wall`` = the child process (pytest start, torch import, collection, builds, the
+test); ``in-test`` = the test's call phase less the time spent building models (the test's
+own build and the target build, in ``build()``); ratios against ``plain torch``; ``peak/S``
+= the call phase's peak RSS above the RSS it started with (``/proc/self/clear_refs``),
+divided by the state S. Rows ``tensors=N`` repeat plain, plain +load and the marker for
+N small tensors, where torch's own ``load_state_dict`` dominates.
+Usage: python benchmarks/bench_roundtrip.py [--size-mib 1024] [--repeat 3] [--tensors 1000,10000]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import math
-import shutil
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-MODES = ("baseline", "ckpt", "ckpt-deepcopy")
-PEER = "pytest-torch"  # pytest-torch's assert_checkpoint_roundtrip, when installed (optional)
-
-
-def peer_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("pytest_torch") is not None
-TARGET_WALL, TARGET_RSS = 1.10, 2.0
+TARGET_WALL, TARGET_IN_TEST, TARGET_RSS = 1.15, 1.0, 2.1
 MIB = 1 << 20
+T, TS = '("torch",)', '("torch", "safetensors")'
+ARMS = {  # arm -> test function source; BUILD() builds the model and counts its time
+    "plain torch": "def test_arm(tmp_path):\n    plain(BUILD(), tmp_path)",
+    "plain torch+st": "def test_arm(tmp_path):\n    plain(BUILD(), tmp_path, safetensors=True)",
+    "plain +load": "def test_arm(tmp_path):\n    model = BUILD()\n"
+                   "    BUILD().load_state_dict(plain(model, tmp_path))",
+    "marker torch": f"@pytest.mark.ckpt_roundtrip(formats={T}, snapshot=False)\n"
+                    "def test_arm():\n    return BUILD()",
+    "marker torch+st": f"@pytest.mark.ckpt_roundtrip(formats={TS}, snapshot=False)\n"
+                       "def test_arm():\n    return BUILD()",
+    "factory= torch": f"def test_arm(ckpt):\n    ckpt.roundtrip(BUILD(), factory=BUILD, "
+                      f"formats={T}, snapshot=False)",
+    "factory= torch+st": f"def test_arm(ckpt):\n    ckpt.roundtrip(BUILD(), factory=BUILD, "
+                         f"formats={TS}, snapshot=False)",
+    "copy torch": f"def test_arm(ckpt):\n    ckpt.roundtrip(BUILD(), formats={T}, "
+                  "snapshot=False)",
+    "copy torch+st": f"def test_arm(ckpt):\n    ckpt.roundtrip(BUILD(), formats={TS}, "
+                     "snapshot=False)",
+    "pytest-torch": "def test_arm():\n    from pytest_torch.checkpoint import "
+                    "assert_checkpoint_roundtrip\n    model = BUILD()\n"
+                    "    assert_checkpoint_roundtrip(BUILD, torch.randn(1, WIDTH), model=model)",
+}
+SMALL_ARMS = ("plain torch", "plain +load", "marker torch")
+
+TEST_FILE = '''
+import os, time, pytest, torch
+from torch import nn
+
+SIZE_MIB, TENSORS = int(os.environ["BENCH_SIZE_MIB"]), int(os.environ["BENCH_TENSORS"])
+WIDTH = 16 if TENSORS else 4096
+BUILT = [0.0]
 
 
-def status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
+def BUILD():
+    start = time.perf_counter()
+    if TENSORS:  # TENSORS/2 Linear(16, 16) with bias, one flat Sequential
+        model = nn.Sequential(*(nn.Linear(16, 16) for _ in range(TENSORS // 2)))
+    else:  # bias-free 4096x4096 float32 layers, 64 MiB each
+        model = nn.Sequential(*(nn.Linear(4096, 4096, bias=False)
+                                for _ in range(max(1, SIZE_MIB // 64))))
+    BUILT[0] += time.perf_counter() - start
+    return model
+
+
+def plain(model, directory, safetensors=False):
+    state = model.state_dict()
+    torch.save(state, directory / "plain.pt")
+    loaded = torch.load(directory / "plain.pt", weights_only=True)
+    assert all(torch.equal(loaded[key], value) for key, value in state.items())
+    if safetensors:
+        import safetensors.torch as st
+        st.save_file(state, str(directory / "plain.safetensors"))
+        again = st.load_file(str(directory / "plain.safetensors"))
+        assert all(torch.equal(again[key], value) for key, value in state.items())
+    return loaded
+
+'''
+
+CONFTEST = '''
+import json, os, time, pytest
+
+
+def _kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise KeyError(field)
 
 
-class AnonPeak(threading.Thread):
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak, self.done = status_kib("RssAnon"), threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.002):
-            self.peak = max(self.peak, status_kib("RssAnon"))
-
-
-def build(size_mib: int) -> Any:
-    from torch import nn
-
-    dim = 4096 if size_mib % 64 == 0 else math.isqrt(size_mib * MIB // 4)
-    layers = max(1, round(size_mib * MIB / (4 * dim * dim)))
-    return nn.Sequential(*(nn.Linear(dim, dim, bias=False) for _ in range(layers)))
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # VmHWM := the RSS now
+    rss, start = _kib("VmRSS"), time.perf_counter()
+    yield
+    wall = time.perf_counter() - start
+    with open(os.environ["BENCH_OUT"], "w") as out:
+        json.dump({"call": wall, "built": item.module.BUILT[0],
+                   "peak": (_kib("VmHWM") - rss) * 1024}, out)
+'''
 
 
-def child(mode: str, size_mib: int, directory: Path) -> dict[str, Any]:
-    import torch
-
-    from pytest_ckpt.checks.roundtrip import run_roundtrip
-    from pytest_ckpt.checks.roundtrip_format import RoundtripSpec
-
-    base_hwm, base_anon = status_kib("VmHWM"), status_kib("RssAnon")
-    torch.manual_seed(0)
-    model = build(size_mib)
-    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    sampler = AnonPeak()
-    sampler.start()
-    factory_s = 0.0
-
-    def make_target() -> Any:
-        nonlocal factory_s
-        start = time.perf_counter()
-        target = build(size_mib)
-        factory_s += time.perf_counter() - start
-        return target
-
-    start, cpu_start = time.perf_counter(), time.process_time()
-    if mode == "baseline":
-        path = directory / "baseline.pt"
-        torch.save(model.state_dict(), path)
-        sd = torch.load(path, weights_only=True)
-        ok = all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
-    elif mode == PEER:  # the peer round-trips through an in-memory buffer, compares outputs
-        from pytest_torch.checkpoint import assert_checkpoint_roundtrip
-
-        width = next(model.parameters()).shape[1]
-        assert_checkpoint_roundtrip(make_target, torch.randn(1, width), model=model)
-        ok = True
-    else:
-        outcomes = run_roundtrip(model, make_target if mode == "ckpt" else None,
-                                 RoundtripSpec(formats=("torch",)), directory)
-        ok = all(outcome.ok for outcome in outcomes)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    sampler.done.set()
-    sampler.join()
-    return {"wall": wall, "cpu": cpu, "factory": factory_s, "state": state, "ok": ok,
-            "peak": (status_kib("VmHWM") - base_hwm) * 1024,
-            "anon": (sampler.peak - base_anon) * 1024}
-
-
-def run_child(mode: str, size_mib: int, root: Path) -> dict[str, Any]:
-    directory = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=root))
-    try:
-        done = subprocess.run([sys.executable, __file__, "--child", mode, "--size-mib",
-                               str(size_mib), "--dir", str(directory)],
-                              capture_output=True, text=True)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+def run_arm(arm: str, root: Path, size_mib: int, tensors: int) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(dir=root))
+    (folder / "conftest.py").write_text(CONFTEST)
+    (folder / "test_bench.py").write_text(TEST_FILE + ARMS[arm] + "\n")
+    out = folder / "out.json"
+    os.sync()  # each child starts with nothing dirty: a write-back left by the one before
+    # throttles this child's writes (seen: plain torch at 1 GiB 8.4 s after an arm, 2.8 s alone)
+    env = {**os.environ, "BENCH_SIZE_MIB": str(size_mib), "BENCH_TENSORS": str(tensors),
+           "BENCH_OUT": str(out), "PYTHONDONTWRITEBYTECODE": "1"}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:randomly", "--basetemp", str(folder / "tmp"),
+                           str(folder / "test_bench.py")], cwd=folder, env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
     if done.returncode:
-        raise SystemExit(f"{mode} child failed:\n{done.stderr}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+        raise SystemExit(f"{arm} failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
+    result = dict(json.loads(out.read_text()))
+    result["wall"] = wall
+    result["state"] = (tensors // 2 * (16 * 16 + 16) * 4 if tensors
+                       else max(1, size_mib // 64) * 4096 * 4096 * 4)
+    subprocess.run(["rm", "-rf", str(folder)], check=False)
+    os.sync()
+    return result
+
+
+def measure(arms: list[str], size_mib: int, tensors: int, repeat: int,
+            root: Path) -> dict[str, list[dict[str, Any]]]:
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    for index in range(repeat):
+        shift = index % len(arms)
+        for arm in arms[shift:] + arms[:shift]:  # rotate the order
+            runs[arm].append(run_arm(arm, root, size_mib, tensors))
+    return runs
+
+
+def table(title: str, runs: dict[str, list[dict[str, Any]]]) -> None:
+    def med(arm: str, key: str) -> float:
+        return float(statistics.median(run[key] for run in runs[arm]))
+
+    def in_test(arm: str) -> float:
+        return float(statistics.median(run["call"] - run["built"] for run in runs[arm]))
+
+    def mark(arm: str, value: float, target: float) -> str:
+        return "ref" if arm == "plain torch" else ("ok" if value <= target else "MISS")
+
+    base_wall, base_test = med("plain torch", "wall"), in_test("plain torch")
+    size = runs["plain torch"][0]["state"]
+    print(f"\n{title}: S = {size / MIB:.1f} MiB; targets wall <= {TARGET_WALL}x, in-test <= "
+          f"{TARGET_IN_TEST}x, peak <= {TARGET_RSS} S")
+    header = (f"{'arm':<18} {'wall s':>7} {'ratio':>6} {'':4} {'in-test s':>9} {'ratio':>6} "
+              f"{'':4} {'builds s':>8} {'peak/S':>7} {'':4}")
+    print(f"{header}\n{'-' * len(header)}")
+    for arm in runs:
+        ours = not arm.startswith(("plain", "pytest-torch"))
+        wall, test = med(arm, "wall") / base_wall, in_test(arm) / base_test
+        peak = med(arm, "peak") / size
+        print(f"{arm:<18} {med(arm, 'wall'):>7.2f} {wall:>6.2f} "
+              f"{mark(arm, wall, TARGET_WALL) if ours else '':<4} {in_test(arm):>9.2f} "
+              f"{test:>6.2f} {mark(arm, test, TARGET_IN_TEST) if ours else '':<4} "
+              f"{med(arm, 'built'):>8.2f} {peak:>7.2f} "
+              f"{mark(arm, peak, TARGET_RSS) if ours else '':<4}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="state size (default 1024)")
-    parser.add_argument("--repeat", type=int, default=3, help="children per mode (default 3)")
-    parser.add_argument("--child", choices=(*MODES, PEER), help=argparse.SUPPRESS)
-    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=3, help="children per arm (default 3)")
+    parser.add_argument("--tensors", default="1000,10000",
+                        help="small-tensor rows, comma-separated counts ('' to skip)")
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
+                        help="where the test folders (and checkpoint files) go (default /tmp)")
     options = parser.parse_args()
-    if options.child:
-        print(json.dumps(child(options.child, options.size_mib, options.dir)))
-        return 0
-    modes = (*MODES, PEER) if peer_installed() else MODES
-    if not peer_installed():
-        print(f"{PEER} arm skipped: pytest-torch is not installed (pip install pytest-torch, "
-              "with a constraints file pinning this torch)")
-    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
-    with tempfile.TemporaryDirectory(prefix="ckpt-bench-", dir="/tmp") as root:
-        for index in range(options.repeat):
-            shift = index % len(modes)
-            for mode in modes[shift:] + modes[:shift]:  # rotate the order
-                runs[mode].append(run_child(mode, options.size_mib, Path(root)))
-    size = runs["baseline"][0]["state"]
-
-    def med(mode: str, key: str, per: float = 1.0) -> float:
-        return float(statistics.median(run[key] for run in runs[mode])) / per
-
-    def verdict(mode: str, value: float, target: float) -> str:
-        return "ref" if mode == "baseline" else ("ok" if value <= target else "MISS")
-
-    print(f"state S = {size / MIB:.0f} MiB float32, {options.repeat} fresh children per mode "
-          f"(medians); targets: wall ratio <= {TARGET_WALL}, peak RSS above base <= "
-          f"{TARGET_RSS} x S; 'excl.' = (wall - factory) / baseline wall")
-    header = (f"{'mode':<14} {'wall s':>7} {'ratio':>6} {'':4} {'factory s':>9} {'excl.':>6} "
-              f"{'cpu s':>6} {'ratio':>6} {'peak MiB':>9} {'peak/S':>7} {'':4} {'anon/S':>7} "
-              f"{'ok':>5}")
-    print(f"{header}\n{'-' * len(header)}")
-    for mode in modes:
-        base = med("baseline", "wall")
-        ratio, peak = med(mode, "wall", base), med(mode, "peak", size)
-        print(f"{mode:<14} {med(mode, 'wall'):>7.2f} {ratio:>6.2f} "
-              f"{verdict(mode, ratio, TARGET_WALL):<4} {med(mode, 'factory'):>9.2f} "
-              f"{(med(mode, 'wall') - med(mode, 'factory')) / base:>6.2f} "
-              f"{med(mode, 'cpu'):>6.2f} {med(mode, 'cpu', med('baseline', 'cpu')):>6.2f} "
-              f"{med(mode, 'peak', MIB):>9.0f} {peak:>7.2f} {verdict(mode, peak, TARGET_RSS):<4} "
-              f"{med(mode, 'anon', size):>7.2f} {all(r['ok'] for r in runs[mode])!s:>5}")
+    arms = [arm for arm in ARMS if arm != "pytest-torch"]
+    if importlib.util.find_spec("pytest_torch") is None:
+        print("pytest-torch arm skipped: pytest_torch is not importable (pip download "
+              "--no-deps pytest-torch==1.1.1, unzip, and put it on PYTHONPATH)")
+    else:
+        arms.append("pytest-torch")
+    with tempfile.TemporaryDirectory(prefix="ckpt-bench-", dir=options.dir) as root:
+        table(f"{options.size_mib} MiB float32 state in {options.size_mib // 64} layers",
+              measure(arms, options.size_mib, 0, options.repeat, Path(root)))
+        for count in filter(None, options.tensors.split(",")):
+            table(f"tensors={count} (Linear(16, 16) x {int(count) // 2})",
+                  measure(list(SMALL_ARMS), 0, int(count), options.repeat, Path(root)))
     return 0
 
 
