@@ -19,7 +19,8 @@ Columns: ``wall`` = the child process (pytest start, torch import, collection, b
 test); ``in-test`` = the test's call phase less the time spent building models (the test's
 own build and the target build, in ``build()``); ratios against ``plain torch``; ``peak/S``
 = the call phase's peak RSS above the RSS it started with (``/proc/self/clear_refs``),
-divided by the state S. Rows ``tensors=N`` repeat plain, plain +load and the marker for
+divided by the state S (judged from 64 MiB: below that the process's own growth dominates).
+Rows ``tensors=N`` repeat plain, plain +load and the marker for
 N small tensors, where torch's own ``load_state_dict`` dominates.
 Usage: python benchmarks/bench_roundtrip.py [--size-mib 1024] [--repeat 3] [--tensors 1000,10000]
 """
@@ -182,7 +183,7 @@ def table(title: str, runs: dict[str, list[dict[str, Any]]]) -> None:
               f"{mark(arm, wall, TARGET_WALL) if ours else '':<4} {in_test(arm):>9.2f} "
               f"{test:>6.2f} {mark(arm, test, TARGET_IN_TEST) if ours else '':<4} "
               f"{med(arm, 'built'):>8.2f} {peak:>7.2f} "
-              f"{mark(arm, peak, TARGET_RSS) if ours else '':<4}")
+              f"{mark(arm, peak, TARGET_RSS) if ours and size >= 64 * MIB else '':<4}")
 
 
 def main() -> int:
@@ -193,12 +194,15 @@ def main() -> int:
                         help="small-tensor rows, comma-separated counts ('' to skip)")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
                         help="where the test folders (and checkpoint files) go (default /tmp)")
+    parser.add_argument("--arms", help="only these arms, comma-separated ('plain torch' is "
+                                        "always run: the ratios are against it)")
     options = parser.parse_args()
-    arms = [arm for arm in ARMS if arm != "pytest-torch"]
+    chosen = {"plain torch", *options.arms.split(",")} if options.arms else set(ARMS)
+    arms = [arm for arm in ARMS if arm != "pytest-torch" and arm in chosen]
     if importlib.util.find_spec("pytest_torch") is None:
         print("pytest-torch arm skipped: pytest_torch is not importable (pip download "
               "--no-deps pytest-torch==1.1.1, unzip, and put it on PYTHONPATH)")
-    else:
+    elif "pytest-torch" in chosen:
         arms.append("pytest-torch")
     with tempfile.TemporaryDirectory(prefix="ckpt-bench-", dir=options.dir) as root:
         table(f"{options.size_mib} MiB float32 state in {options.size_mib // 64} layers",
