@@ -17,8 +17,7 @@ from pytest_ckpt.checks.context import CheckContext
 from pytest_ckpt.checks.outputs import make_inputs, model_outputs
 from pytest_ckpt.checks.roundtrip_format import load_model
 from pytest_ckpt.checks.targets import (
-    build_target,
-    poisoned_copy,
+    fresh_target,
     prepare_target,
     value_findings,
 )
@@ -72,7 +71,7 @@ def golden(context: CheckContext, model: torch.nn.Module, *, name: str | None = 
 def _outcome(context: CheckContext, stored: goldens.GoldenFile, model: torch.nn.Module,
              sample: Any, loaders: tuple[Any, Any], factory: Any) -> GoldenOutcome:
     __tracebackhide__ = True
-    target = build_target(factory, model) if factory is not None else poisoned_copy(model)
+    target = fresh_target(factory, model)
     try:
         outcome: GoldenOutcome = context.usage(check_golden, stored, target, sample, *loaders)
     except CheckpointReadError as error:
@@ -91,7 +90,7 @@ def _still_holds(directory: Path, model: torch.nn.Module, sample: Any,
     stored = goldens.GoldenFile(directory / f"torch-{goldens.torch_minor()}.pt")
     if not (stored.path.is_file() and stored.sidecar.is_file()):
         return False
-    target = build_target(factory, model) if factory is not None else poisoned_copy(model)
+    target = fresh_target(factory, model)
     try:
         outcome = check_golden(stored, target, sample, *loaders)
     except (CheckpointReadError, CkptUsageError):

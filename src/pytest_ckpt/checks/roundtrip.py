@@ -23,7 +23,7 @@ from pytest_ckpt.checks.roundtrip_format import (
     load_through,
     roundtrip_format,
 )
-from pytest_ckpt.checks.targets import build_target, poisoned_copy, tie_findings
+from pytest_ckpt.checks.targets import fresh_target, poisoned_copy, tie_findings
 from pytest_ckpt.diagnosis.findings import fix_for, render_failure, sort_findings
 from pytest_ckpt.errors import CkptUsageError
 from pytest_ckpt.formats import get_format
@@ -58,8 +58,7 @@ def run_roundtrip(source: torch.nn.Module, make_target: Callable[[], torch.nn.Mo
     expected_outputs = model_outputs(source, inputs, "the model returned by the test")
     outcomes = []
     for name in (PROJECT,) if spec.save_to is not None else spec.formats:
-        target = (build_target(make_target, source) if make_target is not None
-                  else poisoned_copy(source))
+        target = fresh_target(make_target, source)
         if not isinstance(target, torch.nn.Module):
             raise CkptUsageError(f"the target factory returned {type(target).__name__}, "
                                  "not a torch.nn.Module")
@@ -81,8 +80,7 @@ def _layout_outcome(source: torch.nn.Module, make_target: Callable[[], torch.nn.
     from pytest_ckpt.checks.weight_norm_layouts import check_layouts
 
     def fresh() -> torch.nn.Module:
-        return (build_target(make_target, source) if make_target is not None
-                else poisoned_copy(source))
+        return fresh_target(make_target, source)
 
     def meta_target() -> torch.nn.Module:
         if make_target is None:

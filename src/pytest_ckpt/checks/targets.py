@@ -143,6 +143,13 @@ def build_target(make_target: Callable[[], torch.nn.Module],
     return make_target()
 
 
+def fresh_target(make_target: Callable[[], torch.nn.Module] | None,
+                 source: torch.nn.Module) -> Any:
+    """The load target: ``make_target()`` built as :func:`build_target` says, or without a
+    factory the source's :func:`poisoned_copy`."""
+    return build_target(make_target, source) if make_target is not None else poisoned_copy(source)
+
+
 def _unsaved_differ(target: torch.nn.Module, source: torch.nn.Module) -> bool:
     """Whether a tensor of ``target`` that its state_dict does not hold is missing from
     ``source`` or differs from it in bits (so it would not come from the load)."""
