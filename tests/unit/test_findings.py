@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from pytest_ckpt.checkpoint.keys import expand_folded, fold_keys
+from pytest_ckpt.checkpoint.keys import (
+    _render_segments,
+    _segment,
+    expand_folded,
+    fold_by_position,
+    fold_keys,
+    natural_key,
+)
 from pytest_ckpt.diagnosis.findings import Finding, render_failure
 
 segment = st.one_of(st.sampled_from(["layers", "attn", "q_proj", "weight", "bias", "blocks"]),
@@ -20,6 +27,22 @@ def test_folding_is_exact(keys):
     expanded = [key for line in folded for key in expand_folded(line)]
     assert sorted(expanded) == sorted(set(keys))
     assert len(folded) <= len(set(keys))
+
+
+# a small alphabet, so keys often differ in one segment only; and segments that are not
+# integers although they hold digits
+few = st.sampled_from(["a", "0", "1", "2", "01", "", "\0", "\u0661"])
+
+
+@given(st.lists(st.lists(few, min_size=1, max_size=3).map(".".join), max_size=40))
+@example(["a.1.0", "a.1.1", "a.2.0"])  # two integers: they fold at the second
+@example(["x\0.1", "x\0.2", "x.1"])  # a key holding the mask character
+def test_keys_with_one_integer_fold_as_the_position_by_position_fold_does(keys):
+    general = fold_by_position({tuple(_segment(part) for part in key.split("."))
+                                for key in keys})
+    expected = sorted((_render_segments(item) for item in general),
+                      key=lambda text: (natural_key(text), text))
+    assert fold_keys(keys) == expected
 
 
 def test_layers_fold_into_ranges_and_nested_indices_fold_too():

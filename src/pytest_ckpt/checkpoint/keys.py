@@ -21,12 +21,37 @@ def fold_keys(keys: Iterable[str]) -> list[str]:
 
     Folding is exact: :func:`expand_folded` of the result gives back the input keys.
     """
-    items = {tuple(_segment(part) for part in key.split(".")) for key in keys}
+    # Keys with one integer segment fold with exactly the keys that read the same with the
+    # integer masked (a key with none or several never folds with them): one dict pass, the
+    # common case at 100k keys. The rest fold position by position.
+    plain: list[str] = []
+    single: dict[str, set[int]] = {}
+    items: set[tuple[Segment, ...]] = set()
+    for key in set(keys):
+        found = _INTEGER_SEGMENT.search(key)
+        if found is None:
+            plain.append(key)
+        elif "\0" not in key and _INTEGER_SEGMENT.search(key, found.end()) is None:
+            skeleton = f"{key[: found.start()]}\0{key[found.end() :]}"
+            single.setdefault(skeleton, set()).add(int(found.group()))
+        else:
+            items.add(tuple(_segment(part) for part in key.split(".")))
+    lines = [*plain, *(skeleton.replace("\0", render_numbers(frozenset(numbers)))
+                       for skeleton, numbers in single.items()),
+             *(_render_segments(item) for item in fold_by_position(items))]
+    return sorted(lines, key=lambda text: (natural_key(text), text))
+
+
+# a segment that _segment reads as an integer: ASCII digits without a leading zero
+_INTEGER_SEGMENT = re.compile(r"(?<![^.])(?:0|[1-9][0-9]*)(?![^.])")
+
+
+def fold_by_position(items: set[tuple[Segment, ...]]) -> set[tuple[Segment, ...]]:
+    """The general fold: for each position in turn, merge the items equal everywhere else."""
     longest = max((len(item) for item in items), default=0)
     for position in range(longest):
         items = _fold_position(items, position)
-    return sorted((_render_segments(item) for item in items),
-                  key=lambda text: (natural_key(text), text))
+    return items
 
 
 def _fold_position(items: set[tuple[Segment, ...]], position: int) -> set[tuple[Segment, ...]]:

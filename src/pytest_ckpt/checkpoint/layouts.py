@@ -35,7 +35,7 @@ def weight_norm_layouts(keys: Collection[str]) -> dict[tuple[str, str], str]:
     of a set of state_dict keys."""
     layouts: dict[tuple[str, str], str] = {}
     for key in keys:
-        if not (key.endswith("_g") or key.endswith(".original0")):
+        if not key.endswith(("_g", ".original0")):
             continue
         match = _PARAMETRIZED_WN.match(key)
         if match and key[:-1] + "1" in keys:

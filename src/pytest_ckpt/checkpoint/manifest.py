@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, KeysView, Mapping
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, final
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class Manifest:
     _by_key: dict[str, ManifestRow] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        rows = tuple(sorted(self.rows))
+        rows = tuple(sorted(self.rows, key=_row_key))  # keys are unique: checked below
         object.__setattr__(self, "rows", rows)
         object.__setattr__(self, "_by_key", {row.key: row for row in rows})
         if len(self._by_key) != len(rows):
@@ -200,6 +201,9 @@ def _tie_groups(items: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
     return ties
 
 
+_row_key = attrgetter("key")
+
+
 def _render_row(row: ManifestRow) -> str:
     shape = "[" + ",".join(str(size) for size in row.shape) + "]"
     tie = f" tie={escape_key(row.tie)}" if row.tie is not None else ""
@@ -227,6 +231,9 @@ def _parse_row(line: str, number: int) -> ManifestRow:
 
 def escape_key(key: str) -> str:
     """Escape backslashes, whitespace, unprintables and a leading ``#`` so a key is one token."""
+    # the common case, kept as it is: the only whitespace str.isprintable() admits is " "
+    if key and key[0] != "#" and key.isprintable() and " " not in key and "\\" not in key:
+        return key
     out = []
     for position, char in enumerate(key):
         if char == "\\":
@@ -241,6 +248,8 @@ def escape_key(key: str) -> str:
 def unescape_key(text: str) -> str:
     if text == "\\e":
         return ""
+    if "\\" not in text:
+        return text
     out, position = [], 0
     while position < len(text):
         char = text[position]

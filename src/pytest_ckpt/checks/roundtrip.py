@@ -80,7 +80,8 @@ def _layout_outcome(source: torch.nn.Module, make_target: Callable[[], torch.nn.
     from pytest_ckpt.checks.weight_norm_layouts import check_layouts
 
     def fresh() -> torch.nn.Module:
-        return fresh_target(make_target, source)
+        target: torch.nn.Module = fresh_target(make_target, source)
+        return target
 
     def meta_target() -> torch.nn.Module:
         if make_target is None:

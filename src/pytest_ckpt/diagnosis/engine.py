@@ -61,7 +61,8 @@ def _diagnose(reference: Manifest, current: Manifest, facts: ModelFacts | None,
               names: tuple[str, str], recorded_ties: Mapping[str, str]) -> list[Finding]:
     missing, unexpected, changed = _merge(reference.rows, current.rows)
     pool = KeyPool(reference, current, facts or ModelFacts(), names[0],
-                   missing=set(missing), unexpected=set(unexpected), current_name=names[1])
+                   missing=set(missing), unexpected=set(unexpected), current_name=names[1],
+                   missing_order=missing, unexpected_order=unexpected)
     pool.findings += _tie_findings(reference, current, *names)
     pool.findings += _untied_consumer(missing, current, recorded_ties, *names)
     pool.missing -= {key for finding in pool.findings for key in finding.keys}
@@ -107,12 +108,12 @@ def _merge(old: tuple[ManifestRow, ...], new: tuple[ManifestRow, ...],
 def _generic(pool: KeyPool) -> None:
     if pool.missing:
         pool.findings.append(Finding(
-            "missing", tuple(sorted(pool.missing)),
+            "missing", tuple(pool.sorted_missing()),
             f"in the {pool.current_name} but not in the {pool.name}: a strict load_state_dict "
             f"raises 'Missing key(s) in state_dict'"))
     if pool.unexpected:
         pool.findings.append(Finding(
-            "unexpected", tuple(sorted(pool.unexpected)),
+            "unexpected", tuple(pool.sorted_unexpected()),
             f"in the {pool.name} but not in the {pool.current_name}: a strict load_state_dict "
             f"raises 'Unexpected key(s) in state_dict'"))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pytest_ckpt.checkpoint.keys import fold_keys
@@ -45,8 +46,14 @@ class Finding:
         if self.kind not in _ORDER:
             raise ValueError(f"unknown finding kind {self.kind!r}; expected one of {KINDS}")
 
+    @cached_property
+    def folded(self) -> tuple[str, ...]:
+        """The keys folded by layer index, computed once (the message and the report both
+        show them)."""
+        return tuple(fold_keys(self.keys))
+
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "keys": list(self.keys), "folded": fold_keys(self.keys),
+        return {"kind": self.kind, "keys": list(self.keys), "folded": list(self.folded),
                 "hint": self.hint, "details": list(self.details), "related": list(self.related),
                 "fix": self.fix}
 
@@ -62,9 +69,9 @@ _KEYS_NAMED_ELSEWHERE = ("missing_component", "head_swap", "unsafe_pickle")
 _RED, _YELLOW, _BOLD, _RESET = "\x1b[31m", "\x1b[33m", "\x1b[1m", "\x1b[0m"
 
 
-def render_keys(keys: Sequence[str], limit: int = MAX_KEY_LINES) -> list[str]:
-    folded = fold_keys(keys)
-    shown = folded[:limit]
+def render_keys(folded: Sequence[str], limit: int = MAX_KEY_LINES) -> list[str]:
+    """Folded keys, at most ``limit`` lines."""
+    shown = list(folded[:limit])
     if len(folded) > limit:
         shown.append(f"... and {len(folded) - limit} more folded groups")
     return shown
@@ -80,7 +87,7 @@ def render_finding(finding: Finding, *, color: bool = False) -> list[str]:
     head = f"  {label} {count} {noun}: {finding.hint}" if count else f"  {label} {finding.hint}"
     lines = [head]
     if finding.kind not in _KEYS_NAMED_ELSEWHERE:
-        lines += [f"      {line}" for line in render_keys(finding.keys)]
+        lines += [f"      {line}" for line in render_keys(finding.folded)]
     details = list(finding.details[:MAX_DETAIL_LINES])
     if len(finding.details) > MAX_DETAIL_LINES:
         details.append(f"... and {len(finding.details) - MAX_DETAIL_LINES} more")

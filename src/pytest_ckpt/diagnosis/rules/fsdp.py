@@ -7,11 +7,14 @@ stand for are not repeated as generic missing keys.
 
 from __future__ import annotations
 
+import re
+
 from pytest_ckpt.diagnosis.findings import Finding
 from pytest_ckpt.diagnosis.pool import KeyPool
 
 FLAT_PARAM = "_flat_param"
 WRAPPERS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_fpw_module")
+_WRAPPED = re.compile("|".join(WRAPPERS))  # a cheap test before splitting a key
 FIX = ("save with FSDP's FULL_STATE_DICT or SHARDED_STATE_DICT (or "
        "torch.distributed.checkpoint.state_dict.get_model_state_dict) to get the model's keys")
 
@@ -22,7 +25,8 @@ def unwrapped(key: str) -> str:
 
 
 def fsdp_rule(pool: KeyPool) -> None:
-    flat = sorted(key for key in pool.unexpected if key.split(".")[-1] == FLAT_PARAM)
+    flat = sorted(key for key in pool.unexpected
+                  if key.endswith(FLAT_PARAM) and key.rpartition(".")[2] == FLAT_PARAM)
     if flat:
         owners = {unwrapped(key).removesuffix(FLAT_PARAM).rstrip(".") for key in flat}
         covered = sorted(key for key in pool.missing
@@ -32,8 +36,9 @@ def fsdp_rule(pool: KeyPool) -> None:
             f"FSDP local state: flattened parameter shards of {len(owners)} wrapped "
             f"module(s), one slice per rank, not the model's keys ({len(covered)} model keys "
             f"are inside them); {FIX}"), missing=covered, unexpected=flat)
-    pairs = [(key, unwrapped(key)) for key in sorted(pool.unexpected)
-             if unwrapped(key) != key and unwrapped(key) in pool.missing]
+    wrapped = sorted(key for key in pool.unexpected if _WRAPPED.search(key))
+    pairs = [(key, new) for key in wrapped
+             if (new := unwrapped(key)) != key and new in pool.missing]
     if pairs:
         pool.claim(Finding(
             "prefix", tuple(old for old, _ in pairs),

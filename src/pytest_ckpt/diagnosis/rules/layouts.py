@@ -186,8 +186,9 @@ _SPECTRAL = {LEGACY: ("{n}_orig", "{n}_u", "{n}_v"),
 
 def parametrization_rule(pool: KeyPool) -> None:
     """spectral_norm (legacy vs parametrized) and generic parametrizations vs plain tensors."""
-    sites = {_split_parametrized(key) for key in pool.missing | pool.unexpected}
-    sites |= {_split_legacy_spectral(key) for key in pool.missing | pool.unexpected}
+    unexplained = pool.missing | pool.unexpected
+    sites = {_split_parametrized(key) for key in unexplained if key.endswith(_PARAMETRIZED_ENDS)}
+    sites |= {_split_legacy_spectral(key) for key in unexplained if key.endswith(_LEGACY_ENDS)}
     for site in sorted(s for s in sites if s is not None):
         old = _spectral_layout(pool.reference, site)
         new = _spectral_layout(pool.current, site)
@@ -204,13 +205,19 @@ def parametrization_rule(pool: KeyPool) -> None:
                 missing=new[1], unexpected=old[1])
 
 
+_PARAMETRIZED_KEY = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.(original|0\._u|0\._v)$")
+_PARAMETRIZED_ENDS = (".original", ".0._u", ".0._v")  # what the pattern needs, tested first
+_LEGACY_SPECTRAL_KEY = re.compile(r"^(?:(.*)\.)?([^.]+)_(orig|u)$")
+_LEGACY_ENDS = ("_orig", "_u")
+
+
 def _split_parametrized(key: str) -> tuple[str, str] | None:
-    match = re.match(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.(original|0\._u|0\._v)$", key)
+    match = _PARAMETRIZED_KEY.match(key)
     return (match.group(1) or "", match.group(2)) if match else None
 
 
 def _split_legacy_spectral(key: str) -> tuple[str, str] | None:
-    match = re.match(r"^(?:(.*)\.)?([^.]+)_(orig|u)$", key)
+    match = _LEGACY_SPECTRAL_KEY.match(key)
     return (match.group(1) or "", match.group(2)) if match else None
 
 

@@ -28,21 +28,22 @@ def prefix_rule(pool: KeyPool) -> None:
                                                                           pool.unexpected)
         if not source or not target:
             continue
-        for prefix in _candidate_prefixes(source, target):
+        ordered = pool.sorted_unexpected() if added else pool.sorted_missing()
+        for prefix in _candidate_prefixes(ordered, target):
             cut = len(prefix)
-            pairs = [(key, key[cut:]) for key in sorted(source)
+            pairs = [(key, key[cut:]) for key in ordered
                      if key.startswith(prefix) and key[cut:] in target]
             if len(pairs) >= 2 or (pairs and len(pairs) == len(source)):
                 _claim_prefix(pool, prefix, pairs, added)
 
 
-def _candidate_prefixes(source: set[str], target: set[str]) -> list[str]:
-    """Prefixes that map some keys of ``source`` onto ``target``, most frequent first.
+def _candidate_prefixes(ordered: list[str], target: set[str]) -> list[str]:
+    """Prefixes that map some keys of ``ordered`` (sorted) onto ``target``, most frequent
+    first.
 
     Voting on an evenly spaced sample keeps this fast on 100k-key manifests; every candidate
     is then checked against all keys.
     """
-    ordered = sorted(source)
     sample = ordered[:: max(1, len(ordered) // PREFIX_SAMPLE)]
     votes: Counter[str] = Counter()
     for key in sample:
@@ -92,7 +93,8 @@ def prefix_swap_rule(pool: KeyPool) -> None:
         for _, _, rest, segment in key_splits(key):
             by_suffix.setdefault(f"{segment}.{rest}" if rest else segment, []).append(key)
     votes: Counter[tuple[str, str]] = Counter()
-    for key in sorted(pool.unexpected)[:PREFIX_SAMPLE]:
+    unexpected = pool.sorted_unexpected()
+    for key in unexpected[:PREFIX_SAMPLE]:
         for _, _, rest, _ in key_splits(key):
             for other in by_suffix.get(rest, ())[:4] if rest else ():
                 # the shared tail ends where the shared head does: 'audio_branch..0.bias'
@@ -103,8 +105,9 @@ def prefix_swap_rule(pool: KeyPool) -> None:
                 if _is_remap_slip(old, key, new, other):
                     votes[(old, new)] += 1
     for (old, new), _ in votes.most_common(3):
-        pairs = [(key, new + key[len(old):]) for key in sorted(pool.unexpected)
-                 if key.startswith(old) and new + key[len(old):] in pool.missing
+        pairs = [(key, new + key[len(old):]) for key in unexpected
+                 if key.startswith(old) and key in pool.unexpected
+                 and new + key[len(old):] in pool.missing
                  and _is_remap_slip(old, key, new, new + key[len(old):])]
         if len(pairs) >= 2:
             _claim_remap_slip(pool, old, new, pairs)
@@ -114,7 +117,7 @@ def _claim_remap_slip(pool: KeyPool, old: str, new: str, pairs: list[tuple[str, 
     # keys under the slipped prefix whose right name the model has but did not miss (torch
     # filled BatchNorm's num_batches_tracked itself) are the same slip
     model_keys = pool.facts.state_keys | pool.current.key_set()
-    strays = [key for key in sorted(pool.unexpected) if key.startswith(old)
+    strays = [key for key in pool.sorted_unexpected() if key.startswith(old)
               and new + key[len(old):] in model_keys and (key, new + key[len(old):]) not in pairs]
     keys = tuple(old_key for old_key, _ in pairs) + tuple(strays)
     pool.claim(Finding(
