@@ -10,8 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, KeysView, Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, final
+
+from pytest_ckpt.checkpoint.collector import collector_paused
 
 if TYPE_CHECKING:
     import torch
@@ -121,20 +124,22 @@ class Manifest:
         lines = text.splitlines()
         if not lines or not lines[0].startswith(HEADER):
             raise ManifestParseError(f"not a pytest-ckpt manifest (expected {HEADER!r})")
-        rows = [
-            _parse_row(line, number)
-            for number, line in enumerate(lines[1:], start=2)
-            if line.strip() and not line.startswith("#")
-        ]
-        return cls(tuple(rows))
+        with collector_paused():
+            rows = [
+                _parse_row(line, number)
+                for number, line in enumerate(lines[1:], start=2)
+                if line.strip() and not line.startswith("#")
+            ]
+            return cls(tuple(rows))
 
     @classmethod
     def from_module(cls, module: torch.nn.Module) -> Manifest:
         """The manifest of ``module.state_dict()``, with parameters and buffers told apart."""
-        params = {name for name, _ in module.named_parameters(remove_duplicate=False)}
-        state = module.state_dict(keep_vars=True)
-        kinds = {key: PARAM if key in params else BUFFER for key in state}
-        return cls.from_state_dict(state, kinds=kinds)
+        with collector_paused():
+            params = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+            state = module.state_dict(keep_vars=True)
+            kinds = {key: PARAM if key in params else BUFFER for key in state}
+            return cls.from_state_dict(state, kinds=kinds)
 
     @classmethod
     def from_state_dict(
@@ -143,17 +148,18 @@ class Manifest:
         """Build from a mapping of key to tensor; non-tensors become ``extra`` rows."""
         import torch
 
-        ties = _tie_groups((key, value) for key, value in state.items()
-                           if isinstance(value, torch.Tensor))
-        rows = []
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                kind = (kinds or {}).get(key, TENSOR)
-                rows.append(ManifestRow(key, dtype_name(value.dtype), tuple(value.shape),
-                                        kind, ties.get(key)))
-            else:
-                rows.append(ManifestRow(key, f"object:{type(value).__name__}", (), EXTRA))
-        return cls(tuple(rows))
+        kinds = kinds or {}
+        with collector_paused():
+            ties = _tie_groups((key, value) for key, value in state.items()
+                               if isinstance(value, torch.Tensor))
+            rows = []
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    rows.append(ManifestRow(key, dtype_name(value.dtype), tuple(value.shape),
+                                            kinds.get(key, TENSOR), ties.get(key)))
+                else:
+                    rows.append(ManifestRow(key, f"object:{type(value).__name__}", (), EXTRA))
+            return cls(tuple(rows))
 
 
 def with_kept_ties(saved: Manifest, model: Manifest) -> Manifest:
@@ -205,9 +211,8 @@ _row_key = attrgetter("key")
 
 
 def _render_row(row: ManifestRow) -> str:
-    shape = "[" + ",".join(str(size) for size in row.shape) + "]"
     tie = f" tie={escape_key(row.tie)}" if row.tie is not None else ""
-    return f"{escape_key(row.key)} {row.dtype} {shape} {row.kind}{tie}"
+    return f"{escape_key(row.key)} {row.dtype} {_shape_text(row.shape)} {row.kind}{tie}"
 
 
 def _parse_row(line: str, number: int) -> ManifestRow:
@@ -222,11 +227,23 @@ def _parse_row(line: str, number: int) -> ManifestRow:
         if not fields[4].startswith("tie="):
             raise ManifestParseError(f"line {number}: expected 'tie=KEY': {line!r}")
         tie = unescape_key(fields[4].removeprefix("tie="))
-    try:
-        sizes = tuple(int(size) for size in shape[1:-1].split(",") if size)
-    except ValueError:
-        raise ManifestParseError(f"line {number}: bad shape {shape!r}") from None
+    sizes = _sizes(shape)
+    if sizes is None:
+        raise ManifestParseError(f"line {number}: bad shape {shape!r}")
     return ManifestRow(unescape_key(key), dtype, sizes, kind, tie)
+
+
+@lru_cache(maxsize=4096)  # a model repeats a few shapes across its layers
+def _sizes(shape: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(size) for size in shape[1:-1].split(",") if size)
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=4096)
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "[" + ",".join(str(size) for size in shape) + "]"
 
 
 def escape_key(key: str) -> str:

@@ -9,10 +9,10 @@ by a later one, so whatever is left is reported as plain ``missing``/``unexpecte
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Mapping
 from operator import attrgetter
 
+from pytest_ckpt.checkpoint.collector import collector_paused
 from pytest_ckpt.checkpoint.facts import ModelFacts
 from pytest_ckpt.checkpoint.keys import natural_key
 from pytest_ckpt.checkpoint.manifest import Manifest, ManifestRow
@@ -38,16 +38,9 @@ def diagnose(reference: Manifest, current: Manifest, *, facts: ModelFacts | None
     The names say what each side is in the messages (``pytest-ckpt diff`` of two files
     calls them "checkpoint A" and "checkpoint B"). ``recorded_ties``: the tied keys the
     reference file left out and the key each is tied to, as its metadata records them."""
-    # The rules allocate many small tuples and create no reference cycles: pausing the cyclic
-    # collector keeps it from rescanning large manifests over and over (2x on 100k keys).
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():  # the rules allocate many small tuples, and no cycles
         return _diagnose(reference, current, facts, (reference_name, current_name),
                          recorded_ties or {})
-    finally:
-        if paused:
-            gc.enable()
 
 
 # The rules, from the most specific cause to the most generic: a key one rule explains is not
