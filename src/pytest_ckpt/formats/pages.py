@@ -1,15 +1,23 @@
 """Give a memory-mapped checkpoint's pages back as the load consumes them.
 
 A round-trip holds the source model and the target model; the file's tensors, mapped with
-``torch.load(mmap=True)`` or by ``safetensors.torch.load_file`` (one mapping, each tensor a
-slice of it), would add a third copy of the state to the process's resident set as
-``load_state_dict`` copies them. Each module's tensors are released with
-``madvise(MADV_PAGEOUT)`` once the next module starts loading: the kernel drops the pages from
-this process (a clean page re-reads from the file, a written one is kept in swap), so the
-tensors keep their values and peak RSS stays near source + target. File pages still dirty
-from the write are not dropped, so a large file just written is first flushed to disk
-(:func:`settle`); a file under ``SETTLE_BYTES`` is neither flushed nor released. Linux >= 5.4;
-elsewhere nothing is released.
+``torch.load(mmap=True)`` or by ``safetensors.torch.load_file`` (one private mapping, each
+tensor a slice of it), would add a third copy of the state to the process's resident set as
+``load_state_dict`` copies them. Each module's tensors are released once the next module
+starts loading, so peak RSS stays near source + target, and every tensor keeps its value:
+
+* a span whose mapped pages are all still the file's (``/proc/self/pagemap`` says so: none
+  was written, so none is a private copy) is dropped with ``madvise(MADV_DONTNEED)``; a page
+  touched again maps the file's page back (dirty or not, the page cache holds the bytes), so
+  the file need not be flushed first;
+* a span holding a written page (a loader that changed a loaded tensor in place), or any span
+  where the pagemap cannot be read, gets ``madvise(MADV_PAGEOUT)``, a hint that never changes
+  what a page holds (a clean page re-reads from the file, a written one is kept in swap); file
+  pages still dirty from the write are not paged out, so without the pagemap a large file
+  just written is first flushed to disk (:func:`settle`).
+
+A file under ``SETTLE_BYTES`` is neither flushed nor released. Linux >= 5.4; elsewhere
+nothing is released.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-MADV_PAGEOUT = 21  # linux/mman.h; a hint that never changes what a page holds
+MADV_DONTNEED = 4  # linux/mman.h; drops the pages: only for pages that are the file's
+MADV_PAGEOUT = 21  # a hint that never changes what a page holds
+_FILE_PAGE = 1 << 61  # in a /proc/self/pagemap entry; bit 63 (present) is its sign
 PAGE = mmap.PAGESIZE
 SETTLE_BYTES = 64 << 20  # below this a third copy of the state costs less than a flush
 
@@ -46,13 +56,28 @@ def _madvise() -> Any:
 _MADVISE = _madvise()
 
 
+def _pagemap_readable() -> bool:
+    probe = ctypes.create_string_buffer(PAGE)  # written, so mapped
+    try:
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek(ctypes.addressof(probe) // PAGE * 8)
+            return len(pagemap.read(8)) == 8
+    except OSError:
+        return False
+
+
+_PAGEMAP = _MADVISE is not None and _pagemap_readable()
+
+
 def settle(path: Path, min_bytes: int = SETTLE_BYTES) -> bool:
-    """Flush a just-written file of at least ``min_bytes`` so that its mapped pages are clean
-    and :func:`release` can give them back; whether it did."""
+    """Whether :func:`release` should give back the pages of a just-written file of
+    ``path``'s size (at least ``min_bytes``); where the pagemap cannot be read, the file is
+    flushed first, so that its pages are clean and can be paged out."""
     if _MADVISE is None or path.stat().st_size < min_bytes:
         return False
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
+    if not _PAGEMAP:
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
     return True
 
 
@@ -70,9 +95,33 @@ def release(tensors: Iterable[torch.Tensor]) -> int:
         seen.add(start)
         first = -(-start // PAGE) * PAGE  # whole pages only: a neighbour may share the edges
         last = stop // PAGE * PAGE
-        if last > first and _MADVISE(first, last - first, MADV_PAGEOUT) == 0:
+        if last <= first:
+            continue
+        advice = MADV_DONTNEED if _only_file_pages(first, last) else MADV_PAGEOUT
+        if _MADVISE(first, last - first, advice) == 0:
             released += last - first
     return released
+
+
+def _only_file_pages(first: int, last: int) -> bool:
+    """Whether every page of [first, last) mapped into this process is a page of a file
+    (none was written through a private mapping): read from ``/proc/self/pagemap``."""
+    if not _PAGEMAP:
+        return False
+    import torch
+
+    count = (last - first) // PAGE
+    try:
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek(first // PAGE * 8)
+            raw = pagemap.read(count * 8)
+    except OSError:
+        return False
+    if len(raw) != count * 8:
+        return False
+    entries = torch.frombuffer(bytearray(raw), dtype=torch.int64)
+    present = entries < 0  # bit 63
+    return not bool((present & ((entries & _FILE_PAGE) == 0)).any())
 
 
 def _span(tensor: torch.Tensor) -> tuple[int, int]:
