@@ -308,3 +308,29 @@ def test_targets_built_without_initialisers_keep_their_computed_non_persistent_b
                            formats=("torch", "safetensors"))
     ''')
     project.runpytest(*mode).assert_outcomes(passed=2)
+
+
+def test_a_passing_format_s_file_is_removed_and_a_failing_one_s_is_kept(project, mode):
+    project.makepyfile(test_a='''
+        import pytest, torch
+        from nets import Net
+
+        def shifted(model, state):
+            model.load_state_dict(state)
+            with torch.no_grad():
+                model.head.bias[0] += 1
+
+        @pytest.mark.ckpt_roundtrip(formats=("torch", "safetensors"), snapshot=False)
+        def test_passes():
+            return Net()
+
+        @pytest.mark.ckpt_roundtrip(formats=("torch", "safetensors"), load=shifted,
+                                    snapshot=False)
+        def test_fails():
+            return Net()
+    ''')
+    result = project.runpytest("--basetemp", str(project.path / "tmp"), *mode)
+    result.assert_outcomes(passed=1, failed=1)
+    files = sorted(f"{path.parent.parent.name.rstrip('0')}/{path.name}"
+                   for path in (project.path / "tmp").rglob("roundtrip*"))
+    assert files == ["test_fails/roundtrip.pt", "test_fails/roundtrip.safetensors"]

@@ -8,6 +8,7 @@ on ``inputs`` in eval mode. A target tensor still at its pre-load value is ``not
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,13 +64,30 @@ def run_roundtrip(source: torch.nn.Module, make_target: Callable[[], torch.nn.Mo
             raise CkptUsageError(f"the target factory returned {type(target).__name__}, "
                                  "not a torch.nn.Module")
         suffix = "" if spec.save_to is not None else get_format(name).suffix
-        outcomes.append(roundtrip_format(source, target, name, directory / f"roundtrip{suffix}",
-                                         spec, inputs, expected_outputs))
+        outcome = roundtrip_format(source, target, name, directory / f"roundtrip{suffix}",
+                                   spec, inputs, expected_outputs)
         del target
+        if outcome.ok:
+            _discard(outcome.path)
+        outcomes.append(outcome)
     if layouts:
         outcomes.append(_layout_outcome(source, make_target, spec, layouts, loaders, inputs,
                                         directory))
     return outcomes
+
+
+def _discard(path: Path) -> None:
+    """Remove a passing format's file (or folder): its pages are dropped before the kernel
+    writes them back, so the next format's save is not throttled behind them, and a suite of
+    large round-trips does not fill pytest's kept temporary folders. A failing format's file
+    stays for a look."""
+    try:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:  # a platform that cannot remove a file still mapped: it stays
+        pass
 
 
 def _layout_outcome(source: torch.nn.Module, make_target: Callable[[], torch.nn.Module] | None,
