@@ -27,9 +27,9 @@ def buffer_rule(pool: KeyPool) -> None:
             f"{pool.name} "
             "still holds: a newer version stopped saving it; drop these keys before a strict "
             "load"), unexpected=dropped)
-    present = {row.key.rpartition(".")[0] for row in pool.reference}
-    absent = sorted(key for key in pool.missing if pool.current[key].kind == BUFFER
-                    and key.rpartition(".")[0] in present)
+    buffers = [key for key in pool.missing if pool.current[key].kind == BUFFER]
+    present = {row.key.rpartition(".")[0] for row in pool.reference} if buffers else set()
+    absent = sorted(key for key in buffers if key.rpartition(".")[0] in present)
     if absent:
         batchnorm = any(key.endswith("num_batches_tracked") for key in absent)
         pool.claim(Finding(
@@ -175,28 +175,50 @@ def layer_skeleton(base: str) -> str:
 
 
 def _rename_candidates(pool: KeyPool) -> dict[tuple[str, str, str], list[tuple[str, str]]]:
+    varying = _varying_positions(pool.missing | pool.unexpected)
     index: dict[tuple[int, str, str], list[tuple[str, str]]] = {}
     for key in pool.missing:
-        for position, base, rest, segment in key_splits(key):
+        for position, base, rest, segment in key_splits(key, varying):
             index.setdefault((position, base, rest), []).append((segment, key))
     groups: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
     old_rows, new_rows = pool.reference.row_map(), pool.current.row_map()
     signature = attrgetter("shape", "dtype")
     for key in pool.unexpected:
         old = signature(old_rows[key])
-        for position, base, rest, segment in key_splits(key):
+        for position, base, rest, segment in key_splits(key, varying):
             for new_segment, new_key in index.get((position, base, rest), ()):
                 if old == signature(new_rows[new_key]):
                     groups.setdefault((base, segment, new_segment), []).append((key, new_key))
     return groups
 
 
-def key_splits(key: str) -> Iterable[tuple[int, str, str, str]]:
-    """(position, the part before segment, the part after it, segment) for every segment."""
+def _varying_positions(keys: Iterable[str]) -> dict[int, set[int]]:
+    """Segment count -> the positions where keys with that many segments do not all hold
+    the same segment: a rename pairs two keys of one count that differ at one position, so
+    the other positions (``decoder.layers`` in every key) need not be indexed."""
+    first: dict[int, list[str]] = {}
+    varying: dict[int, set[int]] = {}
+    for key in keys:
+        parts = key.split(".")
+        seen = first.setdefault(len(parts), parts)
+        if seen is not parts:
+            positions = varying.setdefault(len(parts), set())
+            positions.update(i for i, (a, b) in enumerate(zip(seen, parts, strict=True))
+                             if a != b)
+    return varying
+
+
+def key_splits(key: str, varying: dict[int, set[int]] | None = None,
+               ) -> Iterable[tuple[int, str, str, str]]:
+    """(position, the part before segment, the part after it, segment) for every segment;
+    with ``varying`` (:func:`_varying_positions`), for the positions it lists only."""
+    parts = key.split(".")
+    wanted = None if varying is None else varying.get(len(parts), set())
     start = 0
-    for position, segment in enumerate(key.split(".")):
+    for position, segment in enumerate(parts):
         end = start + len(segment)
-        yield position, key[: max(start - 1, 0)], key[end + 1 :], segment
+        if wanted is None or position in wanted:
+            yield position, key[: start - 1] if start else "", key[end + 1 :], segment
         start = end + 1
 
 
