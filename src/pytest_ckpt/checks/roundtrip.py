@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import shutil
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,16 +98,13 @@ def _layout_outcome(source: torch.nn.Module, make_target: Callable[[], torch.nn.
 
     from pytest_ckpt.checks.weight_norm_layouts import check_layouts
 
-    def fresh() -> torch.nn.Module:
-        target: torch.nn.Module = fresh_target(make_target, source)
-        return target
-
     def meta_target() -> torch.nn.Module:
         if make_target is None:
             return poisoned_copy(source).to("meta")
         with torch.device("meta"):
             return make_target()
 
+    fresh = partial(fresh_target, make_target, source)
     findings = check_layouts(source, fresh, meta_target, layouts, loaders, spec.load,
                              lambda model: model_outputs(model, inputs, "the target"),
                              directory / "weight_norm")

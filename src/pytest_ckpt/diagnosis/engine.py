@@ -54,8 +54,7 @@ def _diagnose(reference: Manifest, current: Manifest, facts: ModelFacts | None,
               names: tuple[str, str], recorded_ties: Mapping[str, str]) -> list[Finding]:
     missing, unexpected, changed = _merge(reference.rows, current.rows)
     pool = KeyPool(reference, current, facts or ModelFacts(), names[0],
-                   missing=set(missing), unexpected=set(unexpected), current_name=names[1],
-                   missing_order=missing, unexpected_order=unexpected)
+                   missing=set(missing), unexpected=set(unexpected), current_name=names[1])
     pool.findings += _tie_findings(reference, current, *names)
     pool.findings += _untied_consumer(missing, current, recorded_ties, *names)
     pool.missing -= {key for finding in pool.findings for key in finding.keys}

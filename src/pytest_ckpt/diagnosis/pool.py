@@ -24,18 +24,15 @@ class KeyPool:
     findings: list[Finding] = field(default_factory=list)
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (reference key, model key)
     current_name: str = "model"  # what the current side is called: "model", "checkpoint B"
-    # missing and unexpected as the diagnosis began, sorted: rules only ever remove keys from
-    # the two sets, so these orders are supersets of them
-    missing_order: list[str] = field(default_factory=list, repr=False)
-    unexpected_order: list[str] = field(default_factory=list, repr=False)
 
     def sorted_missing(self) -> list[str]:
-        """``sorted(self.missing)`` in linear time."""
-        return _in_order(self.missing, self.missing_order)
+        """``sorted(self.missing)`` in linear time: the missing keys are keys of ``current``,
+        whose rows are sorted."""
+        return [key for key in self.current.row_map() if key in self.missing]
 
     def sorted_unexpected(self) -> list[str]:
-        """``sorted(self.unexpected)`` in linear time."""
-        return _in_order(self.unexpected, self.unexpected_order)
+        """``sorted(self.unexpected)`` in linear time: they are keys of ``reference``."""
+        return [key for key in self.reference.row_map() if key in self.unexpected]
 
     def model_keys(self) -> list[str]:
         """Every key of the model, sorted, also those a caller left out of ``current`` (a
@@ -55,12 +52,6 @@ class KeyPool:
         other = missing if keys.issubset(unexpected) else unexpected
         related = tuple(sorted(key for key in other if key not in keys))
         self.findings.append(replace(finding, related=related) if related else finding)
-
-
-def _in_order(keys: set[str], order: list[str]) -> list[str]:
-    if len(order) < len(keys):  # a caller that did not give the order
-        return sorted(keys)
-    return [key for key in order if key in keys]
 
 
 Rule = Callable[[KeyPool], None]

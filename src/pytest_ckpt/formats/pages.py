@@ -27,9 +27,9 @@ import mmap
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     import torch
@@ -82,39 +82,47 @@ def settle(path: Path, min_bytes: int = SETTLE_BYTES) -> bool:
 
 
 def release(tensors: Iterable[torch.Tensor]) -> int:
-    """Page out the whole pages of each tensor's storage; the bytes released (0 where the
+    """Give back the whole pages of each tensor's storage; the bytes released (0 where the
     kernel declines or the platform cannot)."""
     if _MADVISE is None:
         return 0
     released = 0
     seen: set[int] = set()
-    for tensor in tensors:
-        start, stop = _span(tensor)
-        if start in seen or tensor.device.type != "cpu":
-            continue
-        seen.add(start)
-        first = -(-start // PAGE) * PAGE  # whole pages only: a neighbour may share the edges
-        last = stop // PAGE * PAGE
-        if last <= first:
-            continue
-        advice = MADV_DONTNEED if _only_file_pages(first, last) else MADV_PAGEOUT
-        if _MADVISE(first, last - first, advice) == 0:
-            released += last - first
+    with _open_pagemap() or nullcontext() as pagemap:
+        for tensor in tensors:
+            start, stop = _span(tensor)
+            if start in seen or tensor.device.type != "cpu":
+                continue
+            seen.add(start)
+            first = -(-start // PAGE) * PAGE  # whole pages only: a neighbour may share edges
+            last = stop // PAGE * PAGE
+            if last <= first:
+                continue
+            dropped = pagemap is not None and _only_file_pages(pagemap, first, last)
+            if _MADVISE(first, last - first, MADV_DONTNEED if dropped else MADV_PAGEOUT) == 0:
+                released += last - first
     return released
 
 
-def _only_file_pages(first: int, last: int) -> bool:
-    """Whether every page of [first, last) mapped into this process is a page of a file
-    (none was written through a private mapping): read from ``/proc/self/pagemap``."""
+def _open_pagemap() -> BinaryIO | None:
+    """``/proc/self/pagemap``, opened once for a release; ``None`` where it cannot be read."""
     if not _PAGEMAP:
-        return False
+        return None
+    try:
+        return open("/proc/self/pagemap", "rb")  # the caller's with closes it
+    except OSError:
+        return None
+
+
+def _only_file_pages(pagemap: BinaryIO, first: int, last: int) -> bool:
+    """Whether every page of [first, last) mapped into this process is a page of a file
+    (none was written through a private mapping)."""
     import torch
 
     count = (last - first) // PAGE
     try:
-        with open("/proc/self/pagemap", "rb") as pagemap:
-            pagemap.seek(first // PAGE * 8)
-            raw = pagemap.read(count * 8)
+        pagemap.seek(first // PAGE * 8)
+        raw = pagemap.read(count * 8)
     except OSError:
         return False
     if len(raw) != count * 8:
