@@ -167,3 +167,18 @@ def test_diff_of_a_gan_checkpoint_against_its_generator_compares_the_generator(t
     assert (result.returncode, result.stdout.strip()) == (
         0, "compatible: g_00010000 and gan:generator have the same 4 keys, shapes and dtypes")
     assert run("diff", "g_00010000", "gan:discriminator", cwd=tmp_path).returncode == 0
+
+
+def test_a_key_with_thousands_of_digits_is_shown_and_diagnosed_not_an_internal_error(tmp_path):
+    # int() refuses more than 4300 digits: a file's key may hold more
+    long = "a." + "1" * 5000 + ".w"
+    save_file({long: torch.zeros(2), "b.w": torch.zeros(2)}, str(tmp_path / "new.safetensors"))
+    save_file({"a.w": torch.zeros(2), "b.w": torch.zeros(2)}, str(tmp_path / "old.safetensors"))
+
+    shown = run("show", "new.safetensors", cwd=tmp_path)
+    diff = run("diff", "old.safetensors", "new.safetensors", cwd=tmp_path)
+
+    assert shown.returncode == 0, shown.stderr
+    assert f"{long} float32 [2] tensor" in shown.stdout.splitlines()
+    assert diff.returncode == 1, diff.stderr
+    assert [line.strip() for line in diff.stdout.splitlines()[2:5:2]] == [long, "a.w"]

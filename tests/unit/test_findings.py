@@ -56,6 +56,21 @@ def test_layers_fold_into_ranges_and_nested_indices_fold_too():
     ]
 
 
+@given(st.integers(0, 10**40), st.integers(0, 10**40))
+def test_natural_order_is_the_order_of_the_numbers(a, b):
+    assert (natural_key(f"layers.{a}.w") < natural_key(f"layers.{b}.w")) == (a < b)
+
+
+def test_a_segment_of_thousands_of_digits_is_a_name_and_folds_exactly():
+    long = "1" * 5000  # int() refuses more than 4300 digits
+    keys = [f"a.{long}.w", f"a.{long}.b", "a.2.w", "a.3.w"]
+
+    folded = fold_keys(keys)
+
+    assert folded == [f"a.{long}.b", f"a.{long}.w", "a.{2,3}.w"]
+    assert sorted(key for line in folded for key in expand_folded(line)) == sorted(keys)
+
+
 def test_leading_zeros_are_not_folded_so_folding_stays_exact():
     assert fold_keys(["a.01", "a.1"]) == ["a.01", "a.1"]
 

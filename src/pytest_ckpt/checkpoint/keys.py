@@ -10,10 +10,24 @@ from typing import Any
 Segment = str | frozenset[int]
 
 
+# A longer run of digits is a name, not a layer index (and int() refuses more than 4300
+# digits, which a file's keys may hold).
+MAX_INDEX_DIGITS = 18
+
+
+def layer_index(text: str) -> int | None:
+    """``text`` read as a layer index: ASCII digits without a leading zero, at most
+    ``MAX_INDEX_DIGITS`` of them; ``None`` for anything else (``01`` stays a name, so
+    folding stays exact)."""
+    if text.isascii() and text.isdigit() and len(text) <= MAX_INDEX_DIGITS and (
+            text == "0" or text[0] != "0"):
+        return int(text)
+    return None
+
+
 def _segment(text: str) -> Segment:
-    if text.isascii() and text.isdigit() and text == str(int(text)):
-        return frozenset({int(text)})
-    return text
+    index = layer_index(text)
+    return text if index is None else frozenset({index})
 
 
 def fold_keys(keys: Iterable[str]) -> list[str]:
@@ -42,8 +56,8 @@ def fold_keys(keys: Iterable[str]) -> list[str]:
     return sorted(lines, key=lambda text: (natural_key(text), text))
 
 
-# a segment that _segment reads as an integer: ASCII digits without a leading zero
-_INTEGER_SEGMENT = re.compile(r"(?<![^.])(?:0|[1-9][0-9]*)(?![^.])")
+# a whole segment that layer_index reads as an index
+_INTEGER_SEGMENT = re.compile(rf"(?<![^.])(?:0|[1-9][0-9]{{0,{MAX_INDEX_DIGITS - 1}}})(?![^.])")
 
 
 def fold_by_position(items: set[tuple[Segment, ...]]) -> set[tuple[Segment, ...]]:
@@ -105,8 +119,10 @@ def _expand_numbers(body: str) -> list[str]:
 
 
 def natural_key(text: str) -> list[Any]:
-    return [(0, int(part), "") if part.isascii() and part.isdigit() else (1, 0, part)
-            for part in re.split(r"([0-9]+)", text)]
+    """Sort key that orders runs of digits by value (``layers.2`` before ``layers.10``),
+    compared as (length, digits) without leading zeros: no int() of a run of any length."""
+    return [(0, len(digits), digits) if part.isascii() and part.isdigit() else (1, 0, part)
+            for part in re.split(r"([0-9]+)", text) for digits in (part.lstrip("0"),)]
 
 
 def common_prefix_length(left: str, right: str) -> int:

@@ -124,9 +124,10 @@ class Manifest:
         lines = text.splitlines()
         if not lines or not lines[0].startswith(HEADER):
             raise ManifestParseError(f"not a pytest-ckpt manifest (expected {HEADER!r})")
+        shapes: dict[str, tuple[int, ...] | None] = {}  # a model repeats a few shapes
         with collector_paused():
             rows = [
-                _parse_row(line, number)
+                _parse_row(line, number, shapes)
                 for number, line in enumerate(lines[1:], start=2)
                 if line.strip() and not line.startswith("#")
             ]
@@ -215,7 +216,7 @@ def _render_row(row: ManifestRow) -> str:
     return f"{escape_key(row.key)} {row.dtype} {_shape_text(row.shape)} {row.kind}{tie}"
 
 
-def _parse_row(line: str, number: int) -> ManifestRow:
+def _parse_row(line: str, number: int, shapes: dict[str, tuple[int, ...] | None]) -> ManifestRow:
     fields = line.split(" ")
     if len(fields) not in (4, 5):
         raise ManifestParseError(f"line {number}: expected 'key dtype [shape] kind': {line!r}")
@@ -227,13 +228,14 @@ def _parse_row(line: str, number: int) -> ManifestRow:
         if not fields[4].startswith("tie="):
             raise ManifestParseError(f"line {number}: expected 'tie=KEY': {line!r}")
         tie = unescape_key(fields[4].removeprefix("tie="))
-    sizes = _sizes(shape)
+    if shape not in shapes:
+        shapes[shape] = _sizes(shape)
+    sizes = shapes[shape]
     if sizes is None:
         raise ManifestParseError(f"line {number}: bad shape {shape!r}")
     return ManifestRow(unescape_key(key), dtype, sizes, kind, tie)
 
 
-@lru_cache(maxsize=4096)  # a model repeats a few shapes across its layers
 def _sizes(shape: str) -> tuple[int, ...] | None:
     try:
         return tuple(int(size) for size in shape[1:-1].split(",") if size)

@@ -8,7 +8,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from operator import attrgetter
 
-from pytest_ckpt.checkpoint.keys import fold_keys, render_numbers
+from pytest_ckpt.checkpoint.keys import fold_keys, layer_index, render_numbers
 from pytest_ckpt.checkpoint.manifest import BUFFER
 from pytest_ckpt.diagnosis.findings import Finding
 from pytest_ckpt.diagnosis.pool import KeyPool
@@ -158,8 +158,9 @@ def _folded_one(names: Iterable[str]) -> str:
     numbers: dict[int, set[int]] = {}
     for parts in split:
         for position, part in enumerate(parts):
-            if part.isascii() and part.isdigit() and part == str(int(part)):
-                numbers.setdefault(position, set()).add(int(part))
+            index = layer_index(part)
+            if index is not None:
+                numbers.setdefault(position, set()).add(index)
     if math.prod(len(values) for values in numbers.values()) == len(split):
         first = split[0]
         return ".".join(render_numbers(frozenset(numbers[i])) if i in numbers else part
